@@ -1,0 +1,50 @@
+"""parse(): one PROXY header, v1 or v2, from the first bytes of a stream.
+
+The first byte tells the versions apart (``P`` for v1, ``\\r`` for v2) and
+rejects most other traffic at once (SPEC.md section 3, detection).
+"""
+
+
+from ._errors import IncompleteHeader, InvalidHeader, Reason
+from ._model import ProxyHeader
+from ._v1 import MAX_LENGTH as V1_MAX_LENGTH
+from ._v1 import MIN_LENGTH as V1_MIN_LENGTH
+from ._v1 import parse_v1
+from ._v2 import MAX_LENGTH as V2_MAX_LENGTH
+from ._v2 import parse_v2
+
+BytesLike = bytes | bytearray | memoryview
+
+
+def parse(data: BytesLike, *, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, int]:
+    """Parse the PROXY header at the start of ``data``.
+
+    Bytes after the header are never looked at.
+
+    Args:
+        data: the bytes received so far, from byte 0 of the stream.
+        allow_v4_in_tcp6: a compatibility switch for nginx relays that write
+            IPv4 addresses in a v1 ``TCP6`` line (invalid by default); they are
+            reported v4-mapped.
+
+    Returns:
+        ``(header, length)``: the header and its size in bytes.
+
+    Raises:
+        IncompleteHeader: ``data`` is a strict prefix of something that can
+            still become a valid header; its ``needed`` says how many more
+            bytes are certainly header.
+        InvalidHeader: anything else that is wrong, with a reason code and a
+            message naming the field.
+    """
+    if not data:
+        raise IncompleteHeader(V1_MIN_LENGTH)
+    if type(data) is not bytes:
+        # Copy at most one header's worth: find() and slicing need bytes.
+        data = bytes(data[: V1_MAX_LENGTH if data[0] == 0x50 else V2_MAX_LENGTH])
+    first = data[0]
+    if first == 0x0D:
+        return parse_v2(data)
+    if first == 0x50:
+        return parse_v1(data, allow_v4_in_tcp6)
+    raise InvalidHeader(Reason.NOT_HDR, f"not a PROXY header: starts with {data[:8]!r}")

@@ -1,0 +1,158 @@
+"""Version 1, the text format: parsing (SPEC.md section 2).
+
+``PROXY <TCP4|TCP6|UNKNOWN> <src> <dst> <srcport> <dstport>\\r\\n``, with the
+strict grammar of our receiver policy: single spaces, dotted quads without
+leading zeros, ports 0..65535 without sign or leading zero, CRLF within 107
+bytes. Validation is by compiled patterns and explicit checks, never
+``split()`` + ``int()`` (which would let ``+80``, ``080`` or ``8_0`` through).
+"""
+
+import re
+import socket
+
+from ._errors import IncompleteHeader, InvalidHeader, Reason
+from ._model import Command, ProxyHeader
+
+#: Every v1 header starts with these bytes.
+SIGNATURE = b"PROXY "
+#: The longest legal line, CRLF included: ``PROXY UNKNOWN`` + two full IPv6
+#: addresses + two 5-digit ports (SPEC.md section 2).
+MAX_LENGTH = 107
+#: The shortest legal line: ``PROXY UNKNOWN\r\n``.
+MIN_LENGTH = 15
+
+_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rb"(?:" + _OCTET + rb"\.){3}" + _OCTET
+_PORT = rb"(0|[1-9][0-9]{0,4})"
+# Candidate IPv6 text; inet_pton has the final word (it rejects zone ids too).
+_IPV6 = rb"[0-9A-Fa-f:.]{2,45}"
+
+_TCP4_LINE = re.compile(rb"TCP4 (" + _IPV4 + rb") (" + _IPV4 + rb") " + _PORT + rb" " + _PORT)
+_TCP6_LINE = re.compile(rb"TCP6 (" + _IPV6 + rb") (" + _IPV6 + rb") " + _PORT + rb" " + _PORT)
+_IPV4_ONLY = re.compile(_IPV4)
+
+# Patterns for a field that is still arriving: every prefix of a valid value
+# matches (a prefix of a valid octet or port is itself a valid one).
+_IPV4_PREFIX = re.compile(rb"(?:" + _OCTET + rb"\.){0,3}(?:" + _OCTET + rb")?")
+_IPV6_PREFIX = re.compile(rb"[0-9A-Fa-f:.]{0,45}")
+_PORT_PREFIX = re.compile(rb"(?:0|[1-9][0-9]{0,4})?")
+_PROTOCOLS = (b"TCP4", b"TCP6", b"UNKNOWN")
+
+_SIGNATURE_LENGTH = len(SIGNATURE)
+_CR = 0x0D
+_LF = 0x0A
+
+_UNKNOWN = (1, Command.PROXY, socket.AF_UNSPEC, None, None, None)
+
+
+def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, int]:
+    """Parse a v1 line at the start of ``data`` (which starts with ``P``).
+
+    Args:
+        data: the bytes received so far, from byte 0 of the stream.
+        allow_v4_in_tcp6: accept IPv4 text in a ``TCP6`` line, as nginx relays
+            emit; such addresses are reported v4-mapped (``::ffff:a.b.c.d``).
+
+    Returns:
+        ``(header, length)``.
+
+    Raises:
+        InvalidHeader: the line can never be valid.
+        IncompleteHeader: no CRLF yet and the bytes may still become valid.
+    """
+    # The CR must leave room for its LF within MAX_LENGTH bytes.
+    end = data.find(b"\r", _SIGNATURE_LENGTH, MAX_LENGTH - 1)
+    if end < 0 or end + 1 >= len(data) or data[end + 1] != _LF or data[:_SIGNATURE_LENGTH] != SIGNATURE:
+        _raise_for_unterminated(data)
+    line = data[_SIGNATURE_LENGTH:end]
+    length = end + 2
+    if b"\n" in line:
+        raise InvalidHeader(Reason.BAD_HDR, "v1 line has a lone LF")
+    match = _TCP4_LINE.fullmatch(line)
+    if match is not None:
+        source_host, destination_host, source_port, destination_port = match.groups()
+        family = socket.AF_INET
+        source = (source_host.decode("ascii"), _port(source_port))
+        destination = (destination_host.decode("ascii"), _port(destination_port))
+    else:
+        match = _TCP6_LINE.fullmatch(line)
+        if match is None:
+            if line == b"UNKNOWN" or line.startswith(b"UNKNOWN "):
+                # The rest of the line is ignored: use the real endpoints.
+                return ProxyHeader(*_UNKNOWN, (), bytes(data[:length])), length
+            raise InvalidHeader(Reason.BAD_HDR, f"v1 line is malformed: {_show(line)}")
+        source_host, destination_host, source_port, destination_port = match.groups()
+        family = socket.AF_INET6
+        source = (_ipv6_text(source_host, allow_v4_in_tcp6), _port(source_port))
+        destination = (_ipv6_text(destination_host, allow_v4_in_tcp6), _port(destination_port))
+    header = ProxyHeader(1, Command.PROXY, family, socket.SOCK_STREAM, source, destination, (), bytes(data[:length]))
+    return header, length
+
+
+def _port(text: bytes) -> int:
+    port = int(text)
+    if port > 0xFFFF:
+        raise InvalidHeader(Reason.BAD_HDR, f"v1 port out of range: {port}")
+    return port
+
+
+def _ipv6_text(text: bytes, allow_v4: bool) -> str:
+    host = text.decode("ascii")
+    if allow_v4 and _IPV4_ONLY.fullmatch(text):
+        return "::ffff:" + host
+    try:
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
+    except OSError:
+        raise InvalidHeader(Reason.BAD_HDR, f"v1 TCP6 address is not IPv6: {host!r}") from None
+
+
+def _show(line: bytes) -> str:
+    return repr(line[:60].decode("ascii", "backslashreplace"))
+
+
+def _raise_for_unterminated(data: bytes) -> None:
+    """Explain why ``data`` holds no complete line: always raises.
+
+    Fail fast (SPEC.md section 7): a lone LF, a CR not followed by LF, 107
+    bytes without CRLF, or a prefix no valid line starts with are invalid at
+    once; anything else is incomplete.
+    """
+    window = data[:MAX_LENGTH]
+    if not SIGNATURE.startswith(window[:_SIGNATURE_LENGTH]):
+        raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: does not start with 'PROXY '")
+    if b"\n" in window:
+        raise InvalidHeader(Reason.BAD_HDR, "v1 line has a lone LF")
+    carriage_return = window.find(b"\r")
+    if carriage_return < 0 and len(window) >= MAX_LENGTH or carriage_return == MAX_LENGTH - 1:
+        raise InvalidHeader(Reason.BAD_HDR, f"no CRLF within {MAX_LENGTH} bytes")
+    if carriage_return >= 0 and carriage_return + 1 < len(data):
+        raise InvalidHeader(Reason.BAD_HDR, "v1 line has a CR not followed by LF")
+    _check_prefix(window[_SIGNATURE_LENGTH:] if carriage_return < 0 else window[_SIGNATURE_LENGTH:carriage_return])
+    raise IncompleteHeader(max(1, MIN_LENGTH - len(window)))
+
+
+def _check_prefix(partial: bytes) -> None:
+    """Raise InvalidHeader unless ``partial`` can begin a valid line after ``PROXY ``."""
+    fields = partial.split(b" ")
+    protocol = fields[0]
+    if len(fields) == 1:
+        if not any(known.startswith(protocol) for known in _PROTOCOLS):
+            raise InvalidHeader(Reason.BAD_HDR, f"v1 protocol is not TCP4, TCP6 or UNKNOWN: {_show(protocol)}")
+        return
+    if protocol == b"UNKNOWN":
+        return
+    if protocol not in _PROTOCOLS:
+        raise InvalidHeader(Reason.BAD_HDR, f"v1 protocol is not TCP4, TCP6 or UNKNOWN: {_show(protocol)}")
+    values = fields[1:]
+    if len(values) > 4:
+        raise InvalidHeader(Reason.BAD_HDR, "v1 line has too many fields")
+    address_prefix = _IPV4_PREFIX if protocol == b"TCP4" else _IPV6_PREFIX
+    for index, value in enumerate(values):
+        complete = index < len(values) - 1
+        if complete and not value:
+            raise InvalidHeader(Reason.BAD_HDR, "v1 line has an empty field (two spaces)")
+        if index < 2:
+            if not address_prefix.fullmatch(value):
+                raise InvalidHeader(Reason.BAD_HDR, f"v1 address is malformed: {_show(value)}")
+        elif not _PORT_PREFIX.fullmatch(value) or value and int(value) > 0xFFFF:
+            raise InvalidHeader(Reason.BAD_HDR, f"v1 port is malformed: {_show(value)}")

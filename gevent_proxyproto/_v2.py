@@ -1,0 +1,222 @@
+"""Version 2, the binary format: parsing (SPEC.md sections 3, 4 and 7).
+
+A 16-byte preamble (signature, version/command, family/transport, length),
+then ``length`` bytes: the address block of the family and TLVs filling the
+rest exactly.
+"""
+
+import socket
+import struct
+
+from ._crc32c import crc32c
+from ._errors import IncompleteHeader, InvalidHeader, Reason
+from ._model import (
+    AUTHORITY_MAX,
+    CRC32C_SIZE,
+    TLV,
+    UNIQUE_ID_MAX,
+    Address,
+    Command,
+    ProxyHeader,
+    SSLInfo,
+    TLVType,
+    split_tlvs,
+)
+
+#: The 12-byte signature (SPEC.md section 3, bytes 0-11).
+SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+#: Signature, version/command, family/transport and length.
+PREAMBLE_LENGTH = 16
+VERSION = 0x2
+#: The largest header the 16-bit length field allows.
+MAX_LENGTH = PREAMBLE_LENGTH + 0xFFFF
+
+#: Family nibble -> (socket family, address block size) (SPEC.md section 3).
+FAMILIES: dict[int, tuple[socket.AddressFamily, int]] = {
+    0x0: (socket.AF_UNSPEC, 0),
+    0x1: (socket.AF_INET, 12),
+    0x2: (socket.AF_INET6, 36),
+    0x3: (socket.AF_UNIX, 216),
+}
+#: Transport nibble -> socket type, None for UNSPEC (SPEC.md section 3).
+TRANSPORTS: dict[int, socket.SocketKind | None] = {
+    0x0: None,
+    0x1: socket.SOCK_STREAM,
+    0x2: socket.SOCK_DGRAM,
+}
+UNIX_PATH_SIZE = 108
+
+_INET = struct.Struct("!4s4sHH")
+_INET6 = struct.Struct("!16s16sHH")
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+_inet_ntop = socket.inet_ntop
+_PROXY = Command.PROXY
+_LOCAL = Command.LOCAL
+
+
+def parse_v2(data: bytes) -> tuple[ProxyHeader, int]:
+    """Parse a v2 header at the start of ``data`` (which starts with ``\\r``).
+
+    Returns:
+        ``(header, length)``.
+
+    Raises:
+        InvalidHeader: the bytes can never be a valid header.
+        IncompleteHeader: a strict prefix; ``needed`` is exact once the length
+            field has arrived.
+    """
+    available = len(data)
+    if available < PREAMBLE_LENGTH:
+        _check_preamble_prefix(data)
+        raise IncompleteHeader(PREAMBLE_LENGTH - available)
+    if data[:12] != SIGNATURE:
+        raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: bad v2 signature")
+    version_command = data[12]
+    family_transport = data[13]
+    _check_version_command(version_command)
+    family, block_size = _family(family_transport)
+    protocol = _transport(family_transport)
+    command = _PROXY if version_command & 0x0F else _LOCAL
+    body_length = data[14] << 8 | data[15]
+    if command is _PROXY and body_length < block_size:
+        raise InvalidHeader(
+            Reason.BAD_HDR, f"v2 length {body_length} is shorter than the {family.name} address block ({block_size})"
+        )
+    length = PREAMBLE_LENGTH + body_length
+    if available < length:
+        raise IncompleteHeader(length - available)
+    header = data if available == length and type(data) is bytes else bytes(data[:length])
+
+    if command is _LOCAL:
+        # Addresses are ignored; TLVs sit at byte 16 (HAProxy, AWS NLB) or
+        # after the family's block; bytes that frame at neither are ignored.
+        tlvs = _lenient_tlvs(header, PREAMBLE_LENGTH, block_size)
+        return ProxyHeader(2, command, family, protocol, None, None, tlvs, header), length
+    if block_size == 0:
+        # PROXY with family UNSPEC: no block, real endpoints; treat the bytes
+        # like LOCAL's (the spec lets the receiver ignore them).
+        tlvs = _lenient_tlvs(header, PREAMBLE_LENGTH, 0)
+        return ProxyHeader(2, command, family, protocol, None, None, tlvs, header), length
+
+    tlvs = _checked_tlvs(header, PREAMBLE_LENGTH + block_size)
+    if protocol is None:
+        # UNSPEC transport: keep the family's layout, use the real endpoints.
+        return ProxyHeader(2, command, family, protocol, None, None, tlvs, header), length
+    source: Address
+    destination: Address
+    if family is _AF_INET:
+        source_ip, destination_ip, source_port, destination_port = _INET.unpack_from(header, PREAMBLE_LENGTH)
+        source = (_inet_ntop(_AF_INET, source_ip), source_port)
+        destination = (_inet_ntop(_AF_INET, destination_ip), destination_port)
+    elif family is _AF_INET6:
+        source_ip, destination_ip, source_port, destination_port = _INET6.unpack_from(header, PREAMBLE_LENGTH)
+        source = (_inet_ntop(_AF_INET6, source_ip), source_port)
+        destination = (_inet_ntop(_AF_INET6, destination_ip), destination_port)
+    else:
+        source = _unix_path(header[PREAMBLE_LENGTH : PREAMBLE_LENGTH + UNIX_PATH_SIZE])
+        destination = _unix_path(header[PREAMBLE_LENGTH + UNIX_PATH_SIZE : PREAMBLE_LENGTH + 2 * UNIX_PATH_SIZE])
+    return ProxyHeader(2, command, family, protocol, source, destination, tlvs, header), length
+
+
+def _check_preamble_prefix(data: bytes) -> None:
+    """Fail fast on the first bytes of a preamble (SPEC.md section 7)."""
+    available = len(data)
+    if data[:12] != SIGNATURE[:available]:
+        raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: bad v2 signature")
+    if available > 12:
+        _check_version_command(data[12])
+    if available > 13:
+        _family(data[13])
+        _transport(data[13])
+
+
+def _check_version_command(byte: int) -> None:
+    if byte >> 4 != VERSION:
+        raise InvalidHeader(Reason.BAD_PROTO, f"v2 version nibble is {byte >> 4}, not 2")
+    if byte & 0x0F > Command.PROXY:
+        raise InvalidHeader(Reason.BAD_HDR, f"v2 command nibble is {byte & 0x0F}, not LOCAL or PROXY")
+
+
+def _family(byte: int) -> tuple[socket.AddressFamily, int]:
+    try:
+        return FAMILIES[byte >> 4]
+    except KeyError:
+        raise InvalidHeader(
+            Reason.BAD_PROTO, f"v2 family nibble {byte >> 4} is not UNSPEC, INET, INET6 or UNIX"
+        ) from None
+
+
+def _transport(byte: int) -> socket.SocketKind | None:
+    try:
+        return TRANSPORTS[byte & 0x0F]
+    except KeyError:
+        raise InvalidHeader(
+            Reason.BAD_PROTO, f"v2 transport nibble {byte & 0x0F} is not UNSPEC, STREAM or DGRAM"
+        ) from None
+
+
+def _unix_path(block: bytes) -> Address:
+    # SPEC.md section 7: a path up to its first NUL as text; an abstract name
+    # (first byte NUL) as bytes without its trailing NUL padding.
+    if block[:1] == b"\0":
+        return b"\0" + block[1:].rstrip(b"\0")
+    end = block.find(b"\0")
+    return (block if end < 0 else block[:end]).decode("utf-8", "surrogateescape")
+
+
+def _checked_tlvs(header: bytes, start: int) -> tuple[TLV, ...]:
+    """The TLVs from ``start`` to the end of the header; InvalidHeader if they are not valid."""
+    tlvs = split_tlvs(header, start, len(header))
+    if tlvs is None:
+        raise InvalidHeader(Reason.BAD_HDR, "v2 TLVs do not fill the header exactly (overrun or 1-2 byte tail)")
+    _check_tlvs(header, start, tlvs)
+    return tlvs
+
+
+def _lenient_tlvs(header: bytes, start: int, block_size: int) -> tuple[TLV, ...]:
+    """TLVs where the addresses are ignored: at ``start``, else after the block, else none.
+
+    Only the framing is lenient: TLVs that frame are checked like any others,
+    so a LOCAL header with a wrong CRC32C is still refused.
+    """
+    for offset in (start, start + block_size) if block_size else (start,):
+        tlvs = split_tlvs(header, offset, len(header))
+        if tlvs is not None:
+            _check_tlvs(header, offset, tlvs)
+            return tlvs
+    return ()
+
+
+def _check_tlvs(header: bytes, start: int, tlvs: tuple[TLV, ...]) -> None:
+    position = start
+    for tlv_type, value in tlvs:
+        if tlv_type in _CHECKED_TYPES:
+            _check_tlv(header, tlv_type, value, position)
+        position += 3 + len(value)
+
+
+def _check_tlv(header: bytes, tlv_type: int, value: bytes, position: int) -> None:
+    size = len(value)
+    if tlv_type == TLVType.CRC32C:
+        if size != CRC32C_SIZE:
+            raise InvalidHeader(Reason.BAD_HDR, f"v2 CRC32C TLV has {size} bytes, not 4")
+        start = position + 3
+        zeroed = b"".join((header[:start], b"\0\0\0\0", header[start + 4 :]))
+        expected = crc32c(zeroed)
+        if expected != int.from_bytes(value, "big"):
+            raise InvalidHeader(Reason.CRC, f"v2 CRC32C mismatch: header says {value.hex()}, bytes give {expected:08x}")
+    elif tlv_type == TLVType.AUTHORITY:
+        if size > AUTHORITY_MAX:
+            raise InvalidHeader(Reason.BAD_HDR, f"v2 AUTHORITY TLV has {size} bytes, over {AUTHORITY_MAX}")
+    elif tlv_type == TLVType.UNIQUE_ID:
+        if size > UNIQUE_ID_MAX:
+            raise InvalidHeader(Reason.BAD_HDR, f"v2 UNIQUE_ID TLV has {size} bytes, over {UNIQUE_ID_MAX}")
+    elif tlv_type == TLVType.SSL:
+        if SSLInfo.from_value(value) is None:
+            raise InvalidHeader(
+                Reason.BAD_HDR, "v2 SSL TLV is malformed (under 5 bytes, or sub-TLVs that do not frame)"
+            )
+
+
+_CHECKED_TYPES = frozenset((TLVType.CRC32C, TLVType.AUTHORITY, TLVType.UNIQUE_ID, TLVType.SSL))

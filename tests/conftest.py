@@ -1,0 +1,33 @@
+"""Shared fixtures and helpers for the test suite."""
+
+import json
+import os
+import pathlib
+import socket
+from typing import Any
+
+import pytest
+
+TESTS = pathlib.Path(__file__).resolve().parent
+REPO = TESTS.parent
+#: The project's shared folder, beside the checkout (the workplace layout).
+SHARED_VECTORS = REPO.parent / "shared" / "vectors" / "vectors.json"
+VECTORS_FILE = TESTS / "vectors" / "vectors.json"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def load_vectors() -> list[dict[str, Any]]:
+    with open(VECTORS_FILE, encoding="utf-8") as file:
+        vectors: list[dict[str, Any]] = json.load(file)
+    return vectors
+
+
+def require_tool(name: str, reason: str) -> None:
+    """Skip a test for a tool missing on a developer's machine; in CI that is a failure."""
+    if IN_CI:
+        pytest.fail(f"{name} is missing in CI: {reason}")
+    pytest.skip(f"{name} is not installed: {reason}")
+
+
+def family(name: str) -> socket.AddressFamily:
+    return getattr(socket, name)  # type: ignore[no-any-return]
