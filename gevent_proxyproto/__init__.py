@@ -4,6 +4,9 @@ The protocol core (parse, build, value objects) is pure and imports nothing
 from gevent; the socket and server layers build on it.
 """
 
+import importlib
+from typing import Any
+
 from ._builder import build_v1, build_v2
 from ._crc32c import crc32c
 from ._errors import (
@@ -17,7 +20,29 @@ from ._errors import (
 )
 from ._model import Address, Command, ProxyHeader, SSLClient, SSLInfo, SSLSubType, TLVType
 from ._parser import parse
+from ._trust import TrustedProxies
 from ._version import __version__
+
+# The socket and server layers need gevent, the core above does not: they are
+# imported on first use, so `import gevent_proxyproto` stays gevent-free and
+# may come before gevent.monkey.patch_all().
+_LAZY = {
+    "ProxyPolicy": "._socket",
+    "ProxySocket": "._socket",
+    "read_header": "._socket",
+    "ProxyStreamServer": "._server",
+    "ProxySSLSocket": "._tls_hook",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Address",
@@ -27,16 +52,22 @@ __all__ = [
     "IncompleteHeader",
     "InvalidHeader",
     "ProxyHeader",
+    "ProxyPolicy",
     "ProxyProtocolError",
+    "ProxySSLSocket",
+    "ProxySocket",
+    "ProxyStreamServer",
     "Reason",
     "SSLClient",
     "SSLInfo",
     "SSLSubType",
     "TLVType",
+    "TrustedProxies",
     "UntrustedSource",
     "__version__",
     "build_v1",
     "build_v2",
     "crc32c",
     "parse",
+    "read_header",
 ]

@@ -4,7 +4,6 @@ The first byte tells the versions apart (``P`` for v1, ``\\r`` for v2) and
 rejects most other traffic at once (SPEC.md section 3, detection).
 """
 
-
 from ._errors import IncompleteHeader, InvalidHeader, Reason
 from ._model import ProxyHeader
 from ._v1 import MAX_LENGTH as V1_MAX_LENGTH

@@ -31,3 +31,20 @@ def require_tool(name: str, reason: str) -> None:
 
 def family(name: str) -> socket.AddressFamily:
     return getattr(socket, name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def gevent_timeout_guard() -> Any:
+    """Every test runs under a gevent.Timeout: a hang fails instead of stalling the suite."""
+    import sys
+
+    if "gevent" not in sys.modules:  # pure core tests stay gevent-free
+        yield
+        return
+    import gevent
+
+    guard = gevent.Timeout.start_new(20, AssertionError("test took over 20 s (gevent.Timeout guard)"))
+    try:
+        yield
+    finally:
+        guard.cancel()

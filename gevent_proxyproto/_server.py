@@ -1,0 +1,134 @@
+"""ProxyStreamServer: a gevent StreamServer whose connections start with a PROXY header.
+
+``do_read`` runs in the hub and must never block, so it only accepts; the
+header is read in the connection's own greenlet, where gevent does its TLS
+handshake too (``wrap_socket_and_handle``). Then ``handle(sock, address)`` runs
+with the proxied address. Header first, TLS second, under one deadline.
+"""
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from gevent.server import StreamServer
+
+from ._errors import ProxyProtocolError, Reason
+from ._model import Command, ProxyHeader
+from ._socket import ProxyPolicy, ProxySocket, describe_peer, log_refusal
+
+log = logging.getLogger("gevent_proxyproto")
+
+_POLICY_FIELDS = ("trusted_proxies", "header_timeout", "max_header_size", "untrusted", "allow_v4_in_tcp6")
+
+
+def _wrap_with_ssl_args(sock: Any, **ssl_args: Any) -> Any:
+    # gevent.ssl.wrap_socket(sock, **ssl_args) with the class that keeps the
+    # proxied addresses.
+    from ._tls_hook import ProxySSLSocket
+
+    return ProxySSLSocket(sock=sock, **ssl_args)
+
+
+class ProxyStreamServer(StreamServer):  # type: ignore[misc]
+    """A :class:`gevent.server.StreamServer` for a PROXY port.
+
+    Same calling conventions as StreamServer, plus the :class:`ProxyPolicy`
+    fields as keyword arguments (or ``policy=``). With ssl arguments or an
+    ``ssl_context``, the TLS handshake happens after the header, and the TLS
+    socket still reports the proxied addresses.
+
+    Args:
+        listener, handle, backlog, spawn, ssl_args: as for StreamServer.
+        policy: a :class:`ProxyPolicy`; or its fields: ``trusted_proxies``
+            (default loopback only), ``header_timeout`` (5 s),
+            ``max_header_size``, ``untrusted`` (``"reject"`` or ``"direct"``),
+            ``allow_v4_in_tcp6``.
+    """
+
+    def __init__(
+        self,
+        listener: Any,
+        handle: Any = None,
+        backlog: int | None = None,
+        spawn: Any = "default",
+        *,
+        policy: ProxyPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        policy_fields = {name: kwargs.pop(name) for name in _POLICY_FIELDS if name in kwargs}
+        if policy is not None and policy_fields:
+            raise TypeError(f"give policy= or its fields, not both: {sorted(policy_fields)}")
+        #: How this server treats its connections.
+        self.policy = policy if policy is not None else ProxyPolicy(**policy_fields)
+        #: Connections refused before the handler, by :class:`Reason`.
+        self.failures: Counter[Reason] = Counter()
+        #: Connections whose TLS handshake (after a valid header) failed.
+        self.tls_failures = 0
+        self._where = "?"
+        super().__init__(listener, handle=handle, backlog=backlog, spawn=spawn, **kwargs)
+        if self.ssl_args is not None:
+            from . import _tls_hook  # gevent.ssl: only for a TLS server
+
+            _tls_hook.install()
+            if "ssl_context" not in kwargs:
+                self.wrap_socket = _wrap_with_ssl_args
+
+    def init_socket(self) -> None:
+        super().init_socket()
+        # StreamServer chose handle or wrap_socket_and_handle; both come after the header.
+        self._handle = self._handshake_and_handle
+        self._where = describe_peer(self.address)
+
+    def do_read(self) -> tuple[ProxySocket, Any] | None:
+        listener = self.socket
+        try:
+            fd, address = listener._accept()
+        except BlockingIOError:
+            if not listener.timeout:
+                return None
+            raise
+        return ProxySocket(listener.family, listener.type, listener.proto, fileno=fd), address
+
+    def _handshake_and_handle(self, client: ProxySocket, real_peer: Any) -> Any:
+        policy = self.policy
+        deadline = time.monotonic() + policy.header_timeout
+        try:
+            header = client.handshake(real_peer, policy, deadline)
+        except ProxyProtocolError as error:
+            self.failures[error.reason] += 1
+            log_refusal(error, real_peer, self._where)
+            return None  # the server's do_close closes the socket
+        # The accepted address, not a new getpeername(): a health check may
+        # already have reset the connection.
+        address = client.getpeername() if header is not None and header.source is not None else real_peer
+        if self.ssl_args is None:
+            return self._call_handler(client, address, header)
+        tls = self._tls_handshake(client, real_peer, deadline)
+        if tls is None:
+            return None
+        with tls:
+            return self._call_handler(tls, address, header)
+
+    def _tls_handshake(self, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
+        saved_timeout = client.timeout
+        client.timeout = max(deadline - time.monotonic(), 0.001)
+        try:
+            tls = self.wrap_socket(client, **self.ssl_args)
+        except (OSError, ValueError) as error:  # ssl.SSLError and socket.timeout are OSErrors
+            self.tls_failures += 1
+            log.warning("TLS handshake failed from %s on %s: %s", describe_peer(real_peer), self._where, error)
+            return None
+        tls.timeout = saved_timeout
+        return tls
+
+    def _call_handler(self, sock: Any, address: Any, header: ProxyHeader | None) -> Any:
+        try:
+            return self.handle(sock, address)
+        except OSError as error:
+            # A proxy's health check (LOCAL) hangs up or resets once it has
+            # its answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
+            if header is not None and header.command == Command.LOCAL:
+                log.debug("health check from %s on %s ended: %s", describe_peer(address), self._where, error)
+                return None
+            raise

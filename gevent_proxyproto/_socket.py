@@ -1,0 +1,450 @@
+"""ProxySocket: reading the PROXY header off live gevent connections.
+
+This is the only module that reads a header from a socket (STYLE.md practice
+7). It reads the header and not one byte more (SPEC.md section 5): a peek
+finds where a v1 line ends and exact reads consume it; a v2 header is read
+exactly, its length known from the preamble. A greenlet waiting for the rest of
+a header sleeps on the socket, never spins, and one deadline bounds the whole
+header.
+
+It imports neither ``ssl`` nor ``gevent.ssl`` until a connection completes a
+handshake: a program may import it before ``gevent.monkey.patch_all()``.
+"""
+
+import errno
+import logging
+import socket as _stdlib_socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.socket
+from gevent.lock import Semaphore
+from gevent.pool import Group
+from gevent.queue import Empty, Queue
+
+from ._errors import (
+    ConnectionClosed,
+    HeaderTimeout,
+    IncompleteHeader,
+    InvalidHeader,
+    ProxyProtocolError,
+    Reason,
+    UntrustedSource,
+)
+from ._model import Address, Command, ProxyHeader
+from ._parser import parse
+from ._trust import LOOPBACK, TrustedProxies
+
+log = logging.getLogger("gevent_proxyproto")
+
+#: Seconds for the whole header; the spec asks for at least 3 (one TCP retransmit).
+DEFAULT_HEADER_TIMEOUT = 5.0
+#: Largest header accepted, in bytes. HAProxy's v2 headers with every TLV it
+#: can send (SSL details, 255-byte authority, 128-byte unique id) stay well
+#: under 1 KiB; client certificates can take a few KiB more.
+DEFAULT_MAX_HEADER_SIZE = 16384
+#: Handshakes a listening ProxySocket runs at once (headers being read plus
+#: connections ready but not yet accepted).
+DEFAULT_MAX_PENDING = 1024
+
+#: One peek reads this much: every v1 line (107 bytes) and most v2 headers,
+#: so a header that arrived in one segment costs one peek and one exact read.
+_PEEK_SIZE = 512
+_MSG_PEEK = _stdlib_socket.MSG_PEEK
+_monotonic = time.monotonic
+
+#: What the ``untrusted`` policy may say about a source not in trusted_proxies.
+UNTRUSTED_REJECT = "reject"
+UNTRUSTED_DIRECT = "direct"
+
+
+@dataclass(frozen=True)
+class ProxyPolicy:
+    """How a PROXY port treats its connections.
+
+    Args:
+        trusted_proxies: networks allowed to send headers (a
+            :class:`TrustedProxies` or CIDR strings); default loopback only,
+            ``["*"]`` trusts everyone.
+        header_timeout: seconds for the whole header (and a TLS handshake
+            after it).
+        max_header_size: the largest header accepted, in bytes.
+        untrusted: ``"reject"`` (default) closes connections from other
+            sources without reading; ``"direct"`` is HAProxy's ``expect-proxy
+            layer4 if <acl>``: other sources connect directly, send no header
+            and keep their real addresses. Nothing is ever sniffed.
+        allow_v4_in_tcp6: accept the IPv4 addresses nginx relays write in v1
+            ``TCP6`` lines.
+    """
+
+    trusted_proxies: Any = LOOPBACK
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    untrusted: str = UNTRUSTED_REJECT
+    allow_v4_in_tcp6: bool = False
+    trusted: TrustedProxies = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        trusted = self.trusted_proxies
+        if not isinstance(trusted, TrustedProxies):
+            trusted = TrustedProxies(LOOPBACK if trusted is None else trusted)
+        object.__setattr__(self, "trusted", trusted)
+        if self.untrusted not in (UNTRUSTED_REJECT, UNTRUSTED_DIRECT):
+            raise ValueError(f"untrusted must be 'reject' or 'direct', not {self.untrusted!r}")
+        if not self.header_timeout > 0:
+            raise ValueError(f"header_timeout must be positive, not {self.header_timeout!r}")
+        if self.max_header_size < 16:
+            raise ValueError(f"max_header_size must hold a v2 preamble (16 bytes), not {self.max_header_size!r}")
+
+
+def read_header(
+    sock: Any,
+    deadline: float,
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    allow_v4_in_tcp6: bool = False,
+) -> ProxyHeader:
+    """Read one PROXY header from a connected gevent socket, and nothing more.
+
+    Args:
+        sock: a gevent socket; its timeout is restored afterwards.
+        deadline: ``time.monotonic()`` value by which the whole header must
+            have arrived.
+        max_header_size: refuse larger headers.
+        allow_v4_in_tcp6: see :func:`gevent_proxyproto.parse`.
+
+    Returns:
+        The header. The socket is positioned at the first application byte.
+
+    Raises:
+        InvalidHeader, HeaderTimeout, ConnectionClosed.
+    """
+    received = b""
+    saved_timeout = sock.timeout
+    try:
+        peeked = _peek(sock, deadline)
+        while True:
+            data = received + peeked
+            try:
+                header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6)
+            except IncompleteHeader as incomplete:
+                # Everything seen so far, and `needed` more, is header: consume it.
+                known = len(data) + incomplete.needed
+                if known > max_header_size:
+                    raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})") from None
+                received += _recv_exactly(sock, known - len(received), deadline)
+                # A v2 header's size is known from its preamble: exact reads
+                # only. A v1 line ends at its CRLF: peek again to find it.
+                peeked = b"" if data[0] == 0x0D else _peek(sock, deadline)
+                continue
+            if length > len(received):
+                _recv_exactly(sock, length - len(received), deadline)
+            return header
+    except TimeoutError:
+        raise HeaderTimeout() from None
+    except ConnectionClosed as closed:
+        if not received and closed.reason is Reason.ABORT:
+            raise ConnectionClosed(Reason.EMPTY, "closed before sending any byte") from None
+        raise
+    except OSError as error:
+        raise ConnectionClosed(
+            Reason.ABORT if received else Reason.EMPTY, f"connection failed: {error.strerror or error}"
+        ) from None
+    finally:
+        sock.timeout = saved_timeout
+
+
+def _wait_budget(deadline: float) -> float:
+    remaining = deadline - _monotonic()
+    if remaining <= 0:
+        raise HeaderTimeout()
+    return remaining
+
+
+def _peek(sock: Any, deadline: float) -> bytes:
+    sock.timeout = _wait_budget(deadline)
+    peeked: bytes = sock.recv(_PEEK_SIZE, _MSG_PEEK)
+    if not peeked:
+        raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
+    return peeked
+
+
+def _recv_exactly(sock: Any, count: int, deadline: float) -> bytes:
+    sock.timeout = _wait_budget(deadline)
+    chunk: bytes = sock.recv(count)
+    if len(chunk) == count:
+        return chunk
+    chunks = [chunk]
+    missing = count - len(chunk)
+    while chunk and missing:
+        sock.timeout = _wait_budget(deadline)
+        chunk = sock.recv(missing)
+        chunks.append(chunk)
+        missing -= len(chunk)
+    if missing:
+        raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
+    return b"".join(chunks)
+
+
+def _ip_shape(family: int, address: Address) -> Any:
+    """The socket module's shape for an address of ``family``."""
+    if family == _stdlib_socket.AF_INET6 and isinstance(address, tuple):
+        return (address[0], address[1], 0, 0)
+    return address
+
+
+def describe_peer(address: Any) -> str:
+    """A peer address as one log-friendly token."""
+    if isinstance(address, tuple):
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return repr(address) if address else "unix-socket"
+
+
+class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
+    """A gevent socket whose connections carry a PROXY header.
+
+    A listening ProxySocket's :meth:`accept` returns connections whose header
+    has been read (only the calling greenlet waits; headers are read
+    concurrently, so a slow client never delays the others). A connection's
+    :meth:`getpeername` and :meth:`getsockname` report the proxied addresses
+    (the real endpoints for LOCAL, UNSPEC and UNKNOWN headers, and for direct
+    connections); :meth:`real_peername` and :meth:`real_sockname` always
+    report the real ones, and :attr:`proxy_header` is the parsed header.
+
+    Args:
+        family, type, proto, fileno: as for :class:`gevent.socket.socket`.
+        policy: a :class:`ProxyPolicy`; or its fields as keyword arguments
+            (``trusted_proxies``, ``header_timeout``, ...).
+        max_pending: handshakes run at once by :meth:`accept`.
+    """
+
+    __slots__ = ("proxy_header", "_peer", "_local", "_policy", "_max_pending", "_acceptor")
+
+    def __init__(
+        self,
+        family: int = -1,
+        type: int = -1,
+        proto: int = -1,
+        fileno: Any = None,
+        *,
+        policy: ProxyPolicy | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        **policy_fields: Any,
+    ) -> None:
+        super().__init__(family, type, proto, fileno)
+        #: The parsed header; None before the handshake and for direct connections.
+        self.proxy_header: ProxyHeader | None = None
+        self._peer: Address | None = None
+        self._local: Address | None = None
+        self._policy = policy if policy is not None else ProxyPolicy(**policy_fields) if policy_fields else None
+        self._max_pending = max_pending
+        self._acceptor: _Acceptor | None = None
+
+    # -- a connection ---------------------------------------------------------
+
+    def getpeername(self) -> Any:
+        """The client's address from the header, else the real peer."""
+        return self._peer if self._peer is not None else self._sock.getpeername()
+
+    def getsockname(self) -> Any:
+        """The address the client connected to, from the header, else the real one."""
+        return self._local if self._local is not None else self._sock.getsockname()
+
+    def real_peername(self) -> Any:
+        """The real peer: the load balancer for a proxied connection."""
+        return self._sock.getpeername()
+
+    def real_sockname(self) -> Any:
+        """The real local address of this connection."""
+        return self._sock.getsockname()
+
+    def handshake(
+        self, real_peer: Any = None, policy: ProxyPolicy | None = None, deadline: float | None = None
+    ) -> ProxyHeader | None:
+        """Read this connection's header (or not, for a direct source) and adopt its addresses.
+
+        Args:
+            real_peer: the address ``accept()`` gave; looked up when None.
+            policy: defaults to the policy given to the constructor.
+            deadline: a ``time.monotonic()`` value; by default
+                ``policy.header_timeout`` from now.
+
+        Returns:
+            The header, or None for a direct connection (``untrusted="direct"``).
+
+        Raises:
+            ProxyProtocolError: the connection must be closed; the reason says why.
+        """
+        policy = policy or self._policy or _DEFAULT_POLICY
+        if real_peer is None:
+            real_peer = self._sock.getpeername()
+        if real_peer not in policy.trusted:
+            if policy.untrusted == UNTRUSTED_DIRECT:
+                return None
+            raise UntrustedSource(
+                f"{describe_peer(real_peer)} is not in trusted_proxies {policy.trusted!r}; if it is your load "
+                "balancer, add its address or network to trusted_proxies"
+            )
+        if deadline is None:
+            deadline = _monotonic() + policy.header_timeout
+        header = read_header(self, deadline, policy.max_header_size, policy.allow_v4_in_tcp6)
+        self.adopt(header)
+        if not _starttls_enabled:
+            _enable_starttls()  # before the handler can call context.wrap_socket
+        return header
+
+    def adopt(self, header: ProxyHeader) -> None:
+        """Report ``header``'s addresses from now on (no I/O)."""
+        self.proxy_header = header
+        if header.source is not None and header.destination is not None:
+            self._peer = _ip_shape(header.family, header.source)
+            self._local = _ip_shape(header.family, header.destination)
+
+    # -- a listener -----------------------------------------------------------
+
+    def accept(self) -> tuple["ProxySocket", Any]:
+        """Wait for a connection whose header has been read.
+
+        Returns:
+            ``(conn, address)``, ``address == conn.getpeername()``.
+        """
+        acceptor = self._acceptor
+        if acceptor is None:
+            acceptor = self._acceptor = _Acceptor(self, self._policy or _DEFAULT_POLICY, self._max_pending)
+        return acceptor.next(self.timeout)
+
+    @property
+    def failures(self) -> "Counter[Reason]":
+        """Connections refused by :meth:`accept`, by :class:`Reason`."""
+        acceptor = self._acceptor
+        return acceptor.failures if acceptor is not None else Counter()
+
+    def close(self) -> None:
+        acceptor = self._acceptor
+        if acceptor is not None:
+            self._acceptor = None
+            acceptor.stop()
+        super().close()
+
+
+_DEFAULT_POLICY = ProxyPolicy()
+_starttls_enabled = False
+
+
+def _enable_starttls() -> None:
+    # Deferred to the first handshake: gevent.ssl imports ssl, which a
+    # program may only import after gevent.monkey.patch_all().
+    global _starttls_enabled
+    from ._tls_hook import install
+
+    install()
+    _starttls_enabled = True
+
+
+def log_refusal(error: ProxyProtocolError, real_peer: Any, where: str) -> None:
+    """The one log line for a refused connection: reason, real peer, no traceback.
+
+    Closed-before-a-byte connections (port scans, a proxy's plain TCP checks)
+    are only worth a debug line.
+    """
+    level = logging.DEBUG if error.reason in (Reason.EMPTY, Reason.ABORT) else logging.WARNING
+    if log.isEnabledFor(level):
+        log.log(level, "PROXY header refused from %s on %s: %s", describe_peer(real_peer), where, error)
+
+
+class _Acceptor:
+    """The accept loop behind a listening ProxySocket.
+
+    One greenlet accepts raw connections; each runs its handshake in its own
+    greenlet (at most ``max_pending`` at once, counting those ready but not yet
+    taken), and finished ones queue up for :meth:`ProxySocket.accept`.
+    """
+
+    def __init__(self, listener: ProxySocket, policy: ProxyPolicy, max_pending: int) -> None:
+        self.listener = listener
+        self.policy = policy
+        self.failures: Counter[Reason] = Counter()
+        self.ready: Queue[Any] = Queue()
+        self.slots = Semaphore(max_pending)
+        self.handshakes = Group()
+        self.where = describe_peer(listener.getsockname())
+        self.loop = gevent.spawn(self._accept_forever)
+
+    def next(self, timeout: float | None) -> tuple[ProxySocket, Any]:
+        try:
+            item = self.ready.get(timeout=timeout) if timeout != 0.0 else self.ready.get_nowait()
+        except Empty:
+            if timeout == 0.0:
+                raise BlockingIOError(errno.EAGAIN, "no connection ready") from None
+            raise TimeoutError("timed out") from None
+        if isinstance(item, _Stopped):
+            self.ready.put(item)  # wake the next greenlet waiting in accept(), too
+            raise item
+        self.slots.release()
+        if isinstance(item, BaseException):
+            # An accept error is the loop's last word: raise it as a plain
+            # socket would, and accept again on the next call.
+            self.loop = gevent.spawn(self._accept_forever)
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def _accept_forever(self) -> None:
+        listener = self.listener
+        while True:
+            self.slots.acquire()
+            try:
+                fd, address = self._accept_raw(listener)
+            except OSError as error:
+                self.ready.put(error)  # accept() raises it, as a plain socket would
+                return
+            self.handshakes.spawn(self._handshake, fd, address)
+
+    @staticmethod
+    def _accept_raw(listener: ProxySocket) -> tuple[int, Any]:
+        while True:
+            try:
+                return listener._accept()  # type: ignore[no-any-return]
+            except BlockingIOError:
+                pass
+            # Wait without the listener's own timeout: that one is for accept()'s caller.
+            listener.hub.wait(listener._read_event)
+
+    def _handshake(self, fd: int, real_peer: Any) -> None:
+        listener = self.listener
+        conn = ProxySocket(listener.family, listener.type, listener.proto, fileno=fd)
+        try:
+            conn.handshake(real_peer, self.policy)
+        except ProxyProtocolError as error:
+            conn.close()
+            self.slots.release()
+            self.failures[error.reason] += 1
+            log_refusal(error, real_peer, self.where)
+            return
+        except BaseException:
+            conn.close()  # killed by stop(), or a bug: never leak the fd
+            self.slots.release()
+            raise
+        self.ready.put((conn, conn.getpeername()))
+
+    def stop(self) -> None:
+        self.loop.kill(block=False)
+        self.handshakes.kill(block=False)
+        while True:
+            try:
+                item = self.ready.get_nowait()
+            except Empty:
+                break
+            if isinstance(item, tuple):
+                item[0].close()
+        # Wake greenlets blocked in accept(): the socket is closed.
+        self.ready.put(_Stopped(errno.EBADF, "Bad file descriptor"))
+
+
+class _Stopped(OSError):
+    """accept() on a ProxySocket closed meanwhile."""
+
+
+__all__ = ["Command", "ProxyPolicy", "ProxySocket", "read_header"]

@@ -1,0 +1,60 @@
+"""TLS over PROXY connections: the TLS socket keeps the proxied addresses.
+
+gevent builds a TLS socket from a fresh object on the same file descriptor, so
+what a :class:`ProxySocket` knows must be handed over. :func:`install` makes
+gevent's ``SSLContext.wrap_socket`` build :class:`ProxySSLSocket`, which
+behaves exactly like ``gevent.ssl.SSLSocket`` for any other socket; a handler
+that upgrades its own connection (StartTLS) then still sees the client's
+address. Imported lazily: ``gevent.ssl`` imports ``ssl``, which must come
+after ``gevent.monkey.patch_all()``.
+"""
+
+from typing import Any
+
+import gevent.ssl
+
+#: True once gevent's SSLContext builds ProxySSLSocket.
+installed = False
+
+
+class ProxySSLSocket(gevent.ssl.SSLSocket):  # type: ignore[misc]
+    """A gevent TLS socket that keeps a ``ProxySocket``'s proxied addresses.
+
+    Identical to ``gevent.ssl.SSLSocket`` for any other socket.
+    """
+
+    def __init__(self, sock: Any = None, *args: Any, **kwargs: Any) -> None:
+        # Duck-typed: a ProxySocket (or a TLS socket over one) hands over
+        # what its header said before gevent detaches it.
+        header = getattr(sock, "proxy_header", None)
+        peer = getattr(sock, "_peer", None) if header is not None else None
+        local = getattr(sock, "_local", None) if header is not None else None
+        super().__init__(sock, *args, **kwargs)
+        self.proxy_header = header
+        self._proxied_peer = peer
+        self._proxied_local = local
+
+    def getpeername(self) -> Any:
+        peer = self.__dict__.get("_proxied_peer")
+        return peer if peer is not None else self._sock.getpeername()
+
+    def getsockname(self) -> Any:
+        local = self.__dict__.get("_proxied_local")
+        return local if local is not None else self._sock.getsockname()
+
+    def real_peername(self) -> Any:
+        return self._sock.getpeername()
+
+    def real_sockname(self) -> Any:
+        return self._sock.getsockname()
+
+
+def install() -> None:
+    """Make gevent's ``SSLContext.wrap_socket`` build :class:`ProxySSLSocket` (idempotent)."""
+    global installed
+    # A handler that upgrades its connection itself (StartTLS) calls
+    # context.wrap_socket(sock): gevent builds the TLS socket from the
+    # context's sslsocket_class, so that is where the addresses are carried.
+    if gevent.ssl.SSLContext.sslsocket_class is gevent.ssl.SSLSocket:
+        gevent.ssl.SSLContext.sslsocket_class = ProxySSLSocket
+    installed = True

@@ -1,0 +1,138 @@
+"""Helpers for the socket and server tests: real loopback servers and clients."""
+
+import contextlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import gevent.socket
+
+import gevent_proxyproto as gpp
+
+from .conftest import require_tool
+
+V1_TCP4 = b"PROXY TCP4 203.0.113.7 192.0.2.1 4242 443\r\n"
+V2_TCP4 = gpp.build_v2(source=("203.0.113.7", 4242), destination=("192.0.2.1", 443))
+V1_TCP6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 4242 443\r\n"
+V2_TCP6 = gpp.build_v2(source=("2001:db8::7", 4242), destination=("2001:db8::1", 443))
+
+
+class Recorder:
+    """A handler that records what it saw, sends it back as a line, then echoes."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.done = gevent.event.Event()
+
+    def __call__(self, sock: Any, address: Any) -> None:
+        try:
+            seen = {
+                "address": address,
+                "peer": sock.getpeername(),
+                "sock": sock.getsockname(),
+                "real_peer": sock.real_peername(),
+                "header": sock.proxy_header,
+            }
+        except OSError:  # a health check that reset at once
+            seen = {"address": address, "header": sock.proxy_header}
+        self.seen.append(seen)
+        self.done.set()
+        sock.sendall(repr(address).encode() + b"\n")
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            sock.sendall(data)
+
+
+@contextlib.contextmanager
+def serving(handle: Callable[..., Any], listener: Any = ("127.0.0.1", 0), **kwargs: Any) -> Iterator[Any]:
+    server = gpp.ProxyStreamServer(listener, handle, **kwargs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(timeout=1)
+
+
+def connect(server: Any, data: bytes = b"", source: str | None = None) -> gevent.socket.socket:
+    host, port = server.address[:2]
+    sock = gevent.socket.create_connection((host, port), source_address=(source, 0) if source else None)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def read_line(sock: Any) -> bytes:
+    buffer = b""
+    while not buffer.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer
+
+
+def read_all(sock: Any) -> bytes:
+    """Everything until the server closes; a reset (the server closed with unread input) also ends it."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def live_greenlets() -> int:
+    import gc
+
+    import greenlet
+
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet.greenlet) and not obj.dead)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """A bounded poll: yield to the hub until ``predicate()`` holds."""
+    with gevent.Timeout(timeout, AssertionError("condition not met in time")):
+        while not predicate():
+            gevent.sleep(0.01)
+
+
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed certificate for localhost, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        require_tool("openssl", "needed to make a test certificate")
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "2", "-subj", "/CN=localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def client_tls_context() -> ssl.SSLContext:
+    import gevent.ssl
+
+    context = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def plain_socket_from(sock: Any) -> socket.socket:
+    """A stdlib socket on a duplicate of ``sock``'s fd: reads the kernel buffer directly."""
+    return socket.socket(fileno=os.dup(sock.fileno()))
