@@ -103,12 +103,22 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         # already have reset the connection.
         address = client.getpeername() if header is not None and header.source is not None else real_peer
         if self.ssl_args is None:
-            return self._call_handler(client, address, header)
+            return self._call_handler(client, address, self._is_health_check(header, real_peer))
         tls = self._tls_handshake(client, real_peer, deadline)
         if tls is None:
             return None
         with tls:
-            return self._call_handler(tls, address, header)
+            return self._call_handler(tls, address, self._is_health_check(header, real_peer))
+
+    @staticmethod
+    def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
+        # LOCAL, or a v1 line naming the proxy's own socket (HAProxy's
+        # check-send-proxy): no client connection would.
+        if header is None:
+            return False
+        if header.command == Command.LOCAL:
+            return True
+        return isinstance(header.source, tuple) and isinstance(real_peer, tuple) and header.source == real_peer[:2]
 
     def _tls_handshake(self, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
         saved_timeout = client.timeout
@@ -122,13 +132,13 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         tls.timeout = saved_timeout
         return tls
 
-    def _call_handler(self, sock: Any, address: Any, header: ProxyHeader | None) -> Any:
+    def _call_handler(self, sock: Any, address: Any, health_check: bool) -> Any:
         try:
             return self.handle(sock, address)
         except OSError as error:
-            # A proxy's health check (LOCAL) hangs up or resets once it has
-            # its answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
-            if header is not None and header.command == Command.LOCAL:
+            # A proxy's health check hangs up or resets once it has its
+            # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
+            if health_check:
                 log.debug("health check from %s on %s ended: %s", describe_peer(address), self._where, error)
                 return None
             raise

@@ -200,7 +200,9 @@ def test_mixed_mode_keys_on_the_source_address() -> None:
     assert recorder.seen[1]["header"] is None
 
 
-def test_health_check_local_then_reset_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+def test_health_check_local_then_reset_is_quiet(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level(logging.DEBUG, logger="gevent_proxyproto")
     recorder = Recorder()
     with serving(recorder) as server:
@@ -208,13 +210,20 @@ def test_health_check_local_then_reset_is_quiet(caplog: pytest.LogCaptureFixture
             check = connect(server, bytes.fromhex("0d0a0d0a000d0a515549540a20000000"))
             check.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             check.close()  # linger 0: a reset, as HAProxy's check does
+        for _ in range(3):  # check-send-proxy: a v1 line naming the check's own socket, then a reset
+            check = connect(server)
+            own, far = check.getsockname(), check.getpeername()
+            check.sendall(f"PROXY TCP4 {own[0]} {far[0]} {own[1]} {far[1]}\r\n".encode())
+            check.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            check.close()
         with connect(server) as empty:
             pass  # a plain TCP check: connect and close
-        wait_until(lambda: len(recorder.seen) == 3 and server.failures[gpp.Reason.EMPTY] == 1)
+        wait_until(lambda: len(recorder.seen) == 6 and server.failures[gpp.Reason.EMPTY] == 1)
         with connect(server, V2_TCP4) as client:  # still serving
             assert read_line(client).startswith(b"('203.0.113.7'")
         del empty
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "Traceback" not in capfd.readouterr().err  # gevent prints a failed handler's traceback there
 
 
 def test_many_bad_connections_leave_no_fd_or_greenlet_behind() -> None:
