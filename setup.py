@@ -20,7 +20,12 @@ setup(
     packages=find_packages(include=["gevent_proxyproto", "gevent_proxyproto.*"]),
     package_data={"gevent_proxyproto": ["py.typed"]},
     python_requires=">=3.10",
-    install_requires=["gevent>=24.2"],
+    install_requires=[
+        "gevent>=24.2",
+        # tomllib is in the standard library from Python 3.11.
+        'tomli>=1.1; python_version < "3.11"',
+    ],
+    entry_points={"console_scripts": ["gevent-proxyproto = gevent_proxyproto.__main__:main"]},
     extras_require={
         "test": ["pytest>=7", "mock>=5", "hypothesis>=6.80"],
         # A C implementation of CRC32C; the pure-Python one is used without it.

@@ -1,0 +1,279 @@
+"""The multi-port dispatcher: many listening ports, each routed to a named service.
+
+Proxy ports run a :class:`ProxyStreamServer` (header first, then TLS if the
+port has it, then the service's handler); plain ports run a gevent
+``StreamServer``. All ports are bound before any serves: a port that cannot be
+bound stops the start-up with nothing half-started. On SIGTERM or SIGINT the
+dispatcher stops accepting, gives open connections ``grace_period`` seconds,
+and returns. With several workers, the ports are bound once and shared by
+forked processes.
+"""
+
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.os
+import gevent.pool
+from gevent.server import StreamServer
+
+from ._config import ConfigError, DispatcherConfig, TLSConfig, resolve_handler
+from ._server import ProxyStreamServer
+from ._services import BUILTIN_HANDLERS, Handler, as_connection_handler
+from ._socket import ProxyPolicy, describe_peer
+
+log = logging.getLogger("gevent_proxyproto")
+
+#: Connections the kernel queues per port before the accept loop takes them.
+LISTEN_BACKLOG = 1024
+
+
+class StartupError(Exception):
+    """A port could not be bound or a TLS certificate loaded."""
+
+
+def bind_listeners(config: DispatcherConfig) -> dict[int, socket.socket]:
+    """Bind and listen on every configured port; all or none.
+
+    Returns plain (non-gevent) sockets, so this may run before forking workers.
+
+    Raises:
+        StartupError: naming the port that failed; the others are closed.
+    """
+    listeners: dict[int, socket.socket] = {}
+    try:
+        for port in sorted(set(config.proxy_ports) | set(config.plain_ports)):
+            listeners[port] = _listen(config.bind, port)
+    except OSError as error:
+        for listener in listeners.values():
+            listener.close()
+        raise StartupError(f"cannot listen on {config.bind} port {port}: {error.strerror or error}") from None
+    return listeners
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+        0
+    ]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" takes IPv4 too
+        listener.bind(address)
+        listener.listen(LISTEN_BACKLOG)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+class Dispatcher:
+    """Serve a :class:`DispatcherConfig`: the embeddable form of ``gevent-proxyproto serve``.
+
+    Args:
+        config: what to serve; services may name handlers by import path or
+            give the callables themselves.
+        listeners: sockets already bound for each port (see
+            :func:`bind_listeners`); bound by :meth:`start` when None.
+
+    Raises:
+        ConfigError: a handler cannot be imported.
+    """
+
+    def __init__(self, config: DispatcherConfig, listeners: dict[int, socket.socket] | None = None) -> None:
+        self.config = config
+        self.handlers = self._resolve_handlers(config)
+        self.policy = ProxyPolicy(
+            trusted_proxies=config.trusted_proxies,
+            header_timeout=config.header_timeout,
+            max_header_size=config.max_header_size,
+            untrusted=config.untrusted,
+            allow_v4_in_tcp6=config.allow_v4_in_tcp6,
+        )
+        self._listeners = listeners
+        #: Port -> the server listening on it, once started.
+        self.servers: dict[int, StreamServer] = {}
+        #: Every connection's greenlet, on every port: what shutdown waits for.
+        self.connections = gevent.pool.Pool()
+        self._stopped = gevent.event.Event()
+
+    @staticmethod
+    def _resolve_handlers(config: DispatcherConfig) -> dict[str, Any]:
+        handlers: dict[str, Any] = dict(BUILTIN_HANDLERS)
+        for name, service in config.services.items():
+            if isinstance(service.handler, str) and service.handler in BUILTIN_HANDLERS:
+                handlers[name] = BUILTIN_HANDLERS[service.handler]  # e.g. handler = "whoami"
+            else:
+                handlers[name] = resolve_handler(service.handler, f"services.{name}.handler")
+        return handlers
+
+    def _handler_for(self, port: int) -> tuple[str, Handler]:
+        config = self.config
+        address = (config.bind, port)
+        if port in config.proxy_ports:
+            name = config.proxy_port_mappings.get(port)
+            if name is None:
+                return "(unmapped)", _close_unmapped
+        else:
+            name = config.plain_ports[port]
+        return name, as_connection_handler(self.handlers[name], name, address)
+
+    def start(self) -> None:
+        """Bind (unless given listeners) and start serving every port.
+
+        Raises:
+            StartupError: a port or a certificate failed; nothing is left running.
+        """
+        config = self.config
+        listeners = self._listeners if self._listeners is not None else bind_listeners(config)
+        for port in config.proxy_ports:
+            if port not in config.proxy_port_mappings:
+                log.warning(
+                    "proxy port %d has no entry in proxy_port_mappings: its connections will be closed "
+                    "once their PROXY header is read",
+                    port,
+                )
+        try:
+            for port, listener in sorted(listeners.items()):
+                # gevent waits for connections on its event loop: accept() must never block.
+                listener.setblocking(False)
+                name, handler = self._handler_for(port)
+                ssl_args = self._ssl_args(port, config.tls.get(port))
+                if port in config.proxy_ports:
+                    server: StreamServer = ProxyStreamServer(
+                        listener, handler, spawn=self.connections, policy=self.policy, **ssl_args
+                    )
+                else:
+                    server = StreamServer(listener, handler, spawn=self.connections, **ssl_args)
+                server.start()
+                self.servers[port] = server
+                kind = "proxy" if port in config.proxy_ports else "plain"
+                tls = " tls" if ssl_args else ""
+                log.info("listening on %s (%s%s) -> %s", describe_peer(server.address), kind, tls, name)
+        except BaseException:
+            self.stop(grace_period=0)
+            for listener in listeners.values():
+                listener.close()
+            raise
+
+    @staticmethod
+    def _ssl_args(port: int, tls: TLSConfig | None) -> dict[str, Any]:
+        if tls is None:
+            return {}
+        import ssl
+
+        import gevent.ssl
+
+        context = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(tls.certfile, tls.keyfile)
+            if tls.verify_client:
+                context.verify_mode = ssl.CERT_REQUIRED
+                if tls.cafile:
+                    context.load_verify_locations(tls.cafile)
+        except (OSError, ssl.SSLError) as error:
+            raise StartupError(f"tls.{port}: cannot load the certificate: {error}") from None
+        return {"ssl_context": context}
+
+    def serve_forever(self) -> None:
+        """Start, then serve until SIGTERM or SIGINT (or :meth:`stop`), then shut down gracefully."""
+        self.start()
+        handlers = [
+            gevent.signal_handler(number, self._on_signal, number) for number in (signal.SIGTERM, signal.SIGINT)
+        ]
+        try:
+            self._stopped.wait()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+
+    def _on_signal(self, number: int) -> None:
+        log.info("%s: no longer accepting; open connections have %.1f s", signal.Signals(number).name,
+                 self.config.grace_period)  # fmt: skip
+        gevent.spawn(self.stop)
+
+    def stop(self, grace_period: float | None = None) -> None:
+        """Stop accepting on every port, wait up to ``grace_period`` for open connections, then end them."""
+        if grace_period is None:
+            grace_period = self.config.grace_period
+        for server in self.servers.values():
+            server.close()
+        if not self.connections.join(timeout=grace_period):
+            log.warning("%d connection(s) still open after the grace period: closing them", len(self.connections))
+            self.connections.kill(timeout=1)
+        self._stopped.set()
+
+    def describe(self) -> list[str]:
+        """One line per port: what listens where."""
+        config = self.config
+        lines = []
+        for port in sorted(set(config.proxy_ports) | set(config.plain_ports)):
+            kind = "PROXY" if port in config.proxy_ports else "plain"
+            name = config.proxy_port_mappings.get(port, "(unmapped)") if kind == "PROXY" else config.plain_ports[port]
+            tls = " + TLS" if port in config.tls else ""
+            lines.append(f"{config.bind}:{port}  {kind}{tls}  -> {name}")
+        return lines
+
+
+def _close_unmapped(sock: Any, address: Any) -> None:
+    # The seed's behaviour: the header is read, then the connection is closed.
+    log.info("connection from %s on unmapped proxy port %s closed", describe_peer(address),
+             describe_peer(getattr(sock, "real_sockname", sock.getsockname)()))  # fmt: skip
+
+
+def run_workers(config: DispatcherConfig, workers: int) -> int:
+    """Serve with ``workers`` forked processes sharing the listening sockets.
+
+    The parent binds every port, forks, then only supervises: SIGTERM or
+    SIGINT is passed on to every worker, and the parent returns once all have
+    exited (0 if all exited cleanly).
+    """
+    listeners = bind_listeners(config)
+    children: list[int] = []
+    for _ in range(workers):
+        # gevent's fork: prepares gevent in the child and watches the child
+        # in the parent, so waitpid below is cooperative and signals get in.
+        pid = gevent.os.fork_and_watch()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                Dispatcher(config, listeners).serve_forever()
+                code = 0
+            except ConfigError as error:
+                log.error("%s", error)
+                code = 2
+            except Exception:
+                log.exception("worker failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+    for listener in listeners.values():
+        listener.close()  # the workers have their own copies
+    log.info("%d workers started: %s", workers, ", ".join(map(str, children)))
+
+    def forward(number: int) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    handlers = [gevent.signal_handler(number, forward, number) for number in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        codes = [_wait_child(pid) for pid in children]
+    finally:
+        for handler in handlers:
+            handler.cancel()
+    failed = [code for code in codes if code != 0]
+    return max(failed) if failed else 0
+
+
+def _wait_child(pid: int) -> int:
+    _, status = gevent.os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
