@@ -32,6 +32,12 @@ _LAZY = {
     "read_header": "._socket",
     "ProxyStreamServer": "._server",
     "ProxySSLSocket": "._tls_hook",
+    "ConfigError": "._config",
+    "DispatcherConfig": "._config",
+    "ServiceConfig": "._config",
+    "TLSConfig": "._config",
+    "load_config": "._config",
+    "Dispatcher": "._dispatch",
 }
 
 
@@ -47,7 +53,10 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Address",
     "Command",
+    "ConfigError",
     "ConnectionClosed",
+    "Dispatcher",
+    "DispatcherConfig",
     "HeaderTimeout",
     "IncompleteHeader",
     "InvalidHeader",
@@ -61,6 +70,8 @@ __all__ = [
     "SSLClient",
     "SSLInfo",
     "SSLSubType",
+    "ServiceConfig",
+    "TLSConfig",
     "TLVType",
     "TrustedProxies",
     "UntrustedSource",
@@ -68,6 +79,7 @@ __all__ = [
     "build_v1",
     "build_v2",
     "crc32c",
+    "load_config",
     "parse",
     "read_header",
 ]

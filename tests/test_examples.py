@@ -1,13 +1,16 @@
 """Smoke tests: the examples run as documented in the README."""
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 
 import gevent.socket
 
-from .conftest import REPO
-from .support import read_line, wait_until
+from .conftest import REPO, require_tool
+from .support import is_listening, read_line, wait_until
 
 
 def test_echo_server_example() -> None:
@@ -32,3 +35,44 @@ def test_echo_server_example() -> None:
         process.terminate()
         process.wait(timeout=5)
     wait_until(lambda: process.returncode is not None)
+
+
+def test_multiplex_server_behind_a_real_haproxy() -> None:
+    """The README walk-through: a client through HAProxy is greeted with its own address."""
+    if shutil.which("haproxy") is None:
+        require_tool("haproxy", "the walk-through runs examples/haproxy.cfg")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen([sys.executable, str(REPO / "examples" / "multiplex_server.py")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    haproxy = None
+    try:
+        # HAProxy's first health check must find the server up, or it marks the backend down.
+        wait_until(lambda: all(is_listening(port) for port in (5222, 5269, 15222, 15269)), timeout=10)
+        haproxy = subprocess.Popen(["haproxy", "-f", str(REPO / "examples" / "haproxy.cfg"), "-db"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        wait_until(lambda: is_listening(25222) and is_listening(25269), timeout=10)
+        family, host = (socket.AF_INET6, "::1") if socket.has_ipv6 else (socket.AF_INET, "127.0.0.1")
+        with gevent.socket.socket(family, socket.SOCK_STREAM) as client:
+            try:
+                client.connect((host, 25222))
+            except OSError:  # no IPv6 loopback here
+                client.close()
+                client = gevent.socket.create_connection(("127.0.0.1", 25222))
+            own = client.getsockname()
+            greeting = read_line(client)
+            assert greeting.startswith(f"c2s ready: you are {own[0]}:{own[1]} (via proxy 127.0.0.1:".encode()), greeting
+            client.sendall(b"hi\n")
+            assert read_line(client) == f"c2s {own[0]}:{own[1]}: hi\n".encode()
+        with gevent.socket.create_connection(("127.0.0.1", 5269)) as direct:
+            own = direct.getsockname()
+            assert read_line(direct) == f"s2s ready: you are {own[0]}:{own[1]}\n".encode()
+    finally:
+        processes = [process for process in (haproxy, server) if process is not None]
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
