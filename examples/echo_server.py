@@ -38,6 +38,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     server = ProxyStreamServer((args.host, args.port), handle, trusted_proxies=args.trusted_proxies.split(","))
+    server.start()  # listening from here on
     print(f"PROXY echo server on {args.host}:{server.server_port}", flush=True)
     try:
         server.serve_forever()
