@@ -6,6 +6,7 @@ handshake too (``wrap_socket_and_handle``). Then ``handle(sock, address)`` runs
 with the proxied address. Header first, TLS second, under one deadline.
 """
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -67,78 +68,104 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         self.tls_failures = 0
         self._where = "?"
         super().__init__(listener, handle=handle, backlog=backlog, spawn=spawn, **kwargs)
-        if self.ssl_args is not None:
-            from . import _tls_hook  # gevent.ssl: only for a TLS server
-
-            _tls_hook.install()
-            if "ssl_context" not in kwargs:
-                self.wrap_socket = _wrap_with_ssl_args
 
     def init_socket(self) -> None:
         super().init_socket()
-        # StreamServer chose handle or wrap_socket_and_handle; both come after the header.
-        self._handle = self._handshake_and_handle
-        self._where = describe_peer(self.address)
+        read_headers_first(self)
 
     def do_read(self) -> tuple[ProxySocket, Any] | None:
-        listener = self.socket
-        try:
-            fd, address = listener._accept()
-        except BlockingIOError:
-            if not listener.timeout:
-                return None
-            raise
-        return ProxySocket(listener.family, listener.type, listener.proto, fileno=fd), address
+        return accept_connection(self)
 
-    def _handshake_and_handle(self, client: ProxySocket, real_peer: Any) -> Any:
-        policy = self.policy
-        deadline = time.monotonic() + policy.header_timeout
-        try:
-            header = client.handshake(real_peer, policy, deadline)
-        except ProxyProtocolError as error:
-            self.failures[error.reason] += 1
-            log_refusal(error, real_peer, self._where)
-            return None  # the server's do_close closes the socket
-        # The accepted address, not a new getpeername(): a health check may
-        # already have reset the connection.
-        address = client.getpeername() if header is not None and header.source is not None else real_peer
-        if self.ssl_args is None:
-            return self._call_handler(client, address, self._is_health_check(header, real_peer))
-        tls = self._tls_handshake(client, real_peer, deadline)
-        if tls is None:
+
+# The per-connection logic of a PROXY StreamServer, shared by ProxyStreamServer
+# and the StreamServers that gevent_proxyproto.monkey turns into PROXY servers.
+# `server` is a StreamServer with the attributes ProxyStreamServer defines:
+# policy, failures, tls_failures, _where.
+
+
+def read_headers_first(server: Any) -> None:
+    """Route a StreamServer's connections through the header, then TLS, then its handler.
+
+    Called after ``StreamServer.init_socket``, which chose ``handle`` or
+    ``wrap_socket_and_handle``: both now come after the header. The server's
+    ``do_read`` must build :class:`ProxySocket` connections
+    (:func:`accept_connection`).
+    """
+    if server.ssl_args is not None:
+        from . import _tls_hook  # gevent.ssl: only for a TLS server
+
+        _tls_hook.install()
+        import gevent.ssl
+
+        if server.wrap_socket is gevent.ssl.wrap_socket:  # ssl arguments, not an ssl_context
+            server.wrap_socket = _wrap_with_ssl_args
+    server._handle = functools.partial(_handshake_and_handle, server)
+    server._where = describe_peer(server.address)
+
+
+def accept_connection(server: Any) -> tuple[ProxySocket, Any] | None:
+    """``do_read`` for a PROXY server: accept (never block, this runs in the hub), read nothing."""
+    listener = server.socket
+    try:
+        fd, address = listener._accept()
+    except BlockingIOError:
+        if not listener.timeout:
             return None
-        with tls:
-            return self._call_handler(tls, address, self._is_health_check(header, real_peer))
+        raise
+    return ProxySocket(listener.family, listener.type, listener.proto, fileno=fd), address
 
-    @staticmethod
-    def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
-        # LOCAL, or a v1 line naming the proxy's own socket (HAProxy's
-        # check-send-proxy): no client connection would.
-        if header is None:
-            return False
-        if header.command == Command.LOCAL:
-            return True
-        return isinstance(header.source, tuple) and isinstance(real_peer, tuple) and header.source == real_peer[:2]
 
-    def _tls_handshake(self, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
-        saved_timeout = client.timeout
-        client.timeout = max(deadline - time.monotonic(), 0.001)
-        try:
-            tls = self.wrap_socket(client, **self.ssl_args)
-        except (OSError, ValueError) as error:  # ssl.SSLError and socket.timeout are OSErrors
-            self.tls_failures += 1
-            log.warning("TLS handshake failed from %s on %s: %s", describe_peer(real_peer), self._where, error)
+def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> Any:
+    policy = server.policy
+    deadline = time.monotonic() + policy.header_timeout
+    try:
+        header = client.handshake(real_peer, policy, deadline)
+    except ProxyProtocolError as error:
+        server.failures[error.reason] += 1
+        log_refusal(error, real_peer, server._where)
+        return None  # the server's do_close closes the socket
+    # The accepted address, not a new getpeername(): a health check may
+    # already have reset the connection.
+    address = client.getpeername() if header is not None and header.source is not None else real_peer
+    if server.ssl_args is None:
+        return _call_handler(server, client, address, _is_health_check(header, real_peer))
+    tls = _tls_handshake(server, client, real_peer, deadline)
+    if tls is None:
+        return None
+    with tls:
+        return _call_handler(server, tls, address, _is_health_check(header, real_peer))
+
+
+def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
+    # LOCAL, or a v1 line naming the proxy's own socket (HAProxy's
+    # check-send-proxy): no client connection would.
+    if header is None:
+        return False
+    if header.command == Command.LOCAL:
+        return True
+    return isinstance(header.source, tuple) and isinstance(real_peer, tuple) and header.source == real_peer[:2]
+
+
+def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
+    saved_timeout = client.timeout
+    client.timeout = max(deadline - time.monotonic(), 0.001)
+    try:
+        tls = server.wrap_socket(client, **server.ssl_args)
+    except (OSError, ValueError) as error:  # ssl.SSLError and socket.timeout are OSErrors
+        server.tls_failures += 1
+        log.warning("TLS handshake failed from %s on %s: %s", describe_peer(real_peer), server._where, error)
+        return None
+    tls.timeout = saved_timeout
+    return tls
+
+
+def _call_handler(server: Any, sock: Any, address: Any, health_check: bool) -> Any:
+    try:
+        return server.handle(sock, address)
+    except OSError as error:
+        # A proxy's health check hangs up or resets once it has its
+        # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
+        if health_check:
+            log.debug("health check from %s on %s ended: %s", describe_peer(address), server._where, error)
             return None
-        tls.timeout = saved_timeout
-        return tls
-
-    def _call_handler(self, sock: Any, address: Any, health_check: bool) -> Any:
-        try:
-            return self.handle(sock, address)
-        except OSError as error:
-            # A proxy's health check hangs up or resets once it has its
-            # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
-            if health_check:
-                log.debug("health check from %s on %s ended: %s", describe_peer(address), self._where, error)
-                return None
-            raise
+        raise

@@ -305,16 +305,41 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
 
     # -- a listener -----------------------------------------------------------
 
-    def accept(self) -> tuple["ProxySocket", Any]:
+    def accept(self) -> tuple[Any, Any]:
         """Wait for a connection whose header has been read.
 
         Returns:
             ``(conn, address)``, ``address == conn.getpeername()``.
         """
-        acceptor = self._acceptor
-        if acceptor is None:
-            acceptor = self._acceptor = _Acceptor(self, self._policy or _DEFAULT_POLICY, self._max_pending)
+        acceptor = self._acceptor or self._start_acceptor()
+        if acceptor is None:  # a plain listener
+            return super().accept()  # type: ignore[no-any-return]
         return acceptor.next(self.timeout)
+
+    def _listening_policy(self) -> ProxyPolicy | None:
+        """The policy :meth:`accept` applies; None makes this a plain listener.
+
+        Always a policy here. ``gevent_proxyproto.monkey``'s socket class
+        decides by the port it is bound to.
+        """
+        return self._policy or _DEFAULT_POLICY
+
+    def _start_acceptor(self) -> "_Acceptor | None":
+        policy = self._listening_policy()
+        if policy is None:
+            return None
+        self._acceptor = _Acceptor(self, policy, self._max_pending)
+        return self._acceptor
+
+    def _accept_ready(self, timeout: float | None) -> bool:
+        """Wait until :meth:`accept` would return at once; False after ``timeout``.
+
+        What a selector must ask a PROXY listener instead of its file
+        descriptor: the accept loop drains the kernel's queue as connections
+        arrive, so a connection whose header is read no longer shows there.
+        """
+        acceptor = self._acceptor or self._start_acceptor()
+        return True if acceptor is None else acceptor.wait_ready(timeout)
 
     @property
     def failures(self) -> "Counter[Reason]":
@@ -390,6 +415,16 @@ class _Acceptor:
             self.loop = gevent.spawn(self._accept_forever)
             raise item
         return item  # type: ignore[no-any-return]
+
+    def wait_ready(self, timeout: float | None) -> bool:
+        try:
+            if timeout is None or timeout > 0:
+                self.ready.peek(timeout=timeout)
+            else:
+                self.ready.peek_nowait()
+        except Empty:
+            return False
+        return True
 
     def _accept_forever(self) -> None:
         listener = self.listener
