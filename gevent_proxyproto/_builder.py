@@ -71,8 +71,12 @@ def build_v2(
         The header's bytes.
 
     Raises:
-        ValueError: an address, port, TLV or the total size is out of range.
+        ValueError: the command, protocol, an address, port, TLV or the total
+            size is out of range.
     """
+    command = Command(command)  # ValueError for any nibble but LOCAL or PROXY
+    if protocol not in _TRANSPORT_NIBBLES:
+        raise ValueError(f"protocol is socket.SOCK_STREAM, socket.SOCK_DGRAM or None, not {protocol!r}")
     if source is None and destination is None:
         family = socket.AF_UNSPEC
         protocol = None
@@ -186,7 +190,8 @@ def _ip_block(source: tuple[str, int], destination: tuple[str, int]) -> tuple[so
 
 
 def _port(port: int) -> int:
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+    # bool is an int, but build_v1 would write it as "True".
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ValueError(f"port out of range 0..65535: {port!r}")
     return port
 

@@ -275,8 +275,9 @@ class ProxyHeader:
         """The header's wire form.
 
         For a parsed header, the bytes it was parsed from; for a header built in
-        code, its canonical encoding (with any CRC32C TLV recomputed). Either
-        way ``parse(h.to_bytes())[0] == h``.
+        code, its canonical encoding, with any CRC32C TLV's value recomputed.
+        ``parse(h.to_bytes())[0] == h`` for every parsed header, and for a
+        header built in code whose CRC32C value (if any) is the correct one.
         """
         if self.raw is not None:
             return self.raw

@@ -120,13 +120,16 @@ def _raise_for_unterminated(data: bytes) -> None:
     window = data[:MAX_LENGTH]
     if not SIGNATURE.startswith(window[:_SIGNATURE_LENGTH]):
         raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: does not start with 'PROXY '")
-    if b"\n" in window:
-        raise InvalidHeader(Reason.BAD_HDR, "v1 line has a lone LF")
     carriage_return = window.find(b"\r")
-    if carriage_return < 0 and len(window) >= MAX_LENGTH or carriage_return == MAX_LENGTH - 1:
-        raise InvalidHeader(Reason.BAD_HDR, f"no CRLF within {MAX_LENGTH} bytes")
-    if carriage_return >= 0 and carriage_return + 1 < len(data):
+    line_feed = window.find(b"\n")
+    # Whichever stray byte comes first is the defect to name.
+    if line_feed >= 0 and (carriage_return < 0 or line_feed < carriage_return):
+        raise InvalidHeader(Reason.BAD_HDR, "v1 line has a lone LF")
+    if carriage_return >= 0 and carriage_return + 1 < len(data) and data[carriage_return + 1] != _LF:
         raise InvalidHeader(Reason.BAD_HDR, "v1 line has a CR not followed by LF")
+    # 106 bytes without a CR already leave no room for a CRLF within 107.
+    if carriage_return < 0 and len(window) >= MAX_LENGTH - 1 or carriage_return >= MAX_LENGTH - 1:
+        raise InvalidHeader(Reason.BAD_HDR, f"no CRLF within {MAX_LENGTH} bytes")
     _check_prefix(window[_SIGNATURE_LENGTH:] if carriage_return < 0 else window[_SIGNATURE_LENGTH:carriage_return])
     raise IncompleteHeader(max(1, MIN_LENGTH - len(window)))
 

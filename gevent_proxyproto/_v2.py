@@ -177,14 +177,25 @@ def _checked_tlvs(header: bytes, start: int) -> tuple[TLV, ...]:
 def _lenient_tlvs(header: bytes, start: int, block_size: int) -> tuple[TLV, ...]:
     """TLVs where the addresses are ignored: at ``start``, else after the block, else none.
 
-    Only the framing is lenient: TLVs that frame are checked like any others,
-    so a LOCAL header with a wrong CRC32C is still refused.
+    The first place where the bytes frame as valid TLVs wins. An address
+    block may happen to frame at ``start`` as TLVs that break a TLV rule (a
+    0.0.0.0 address reads as an empty CRC32C); then the block is what it
+    was. Only when every framing breaks a rule (a LOCAL header with a wrong
+    CRC32C) is the header refused.
     """
+    refusal: InvalidHeader | None = None
     for offset in (start, start + block_size) if block_size else (start,):
         tlvs = split_tlvs(header, offset, len(header))
-        if tlvs is not None:
+        if tlvs is None:
+            continue
+        try:
             _check_tlvs(header, offset, tlvs)
-            return tlvs
+        except InvalidHeader as error:
+            refusal = refusal or error
+            continue
+        return tlvs
+    if refusal is not None:
+        raise refusal
     return ()
 
 

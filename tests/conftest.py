@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 TESTS = pathlib.Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -14,6 +15,12 @@ REPO = TESTS.parent
 SHARED_VECTORS = REPO.parent / "shared" / "vectors" / "vectors.json"
 VECTORS_FILE = TESTS / "vectors" / "vectors.json"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Property tests: "ci" (the default) stays quick; HYPOTHESIS_PROFILE=long hunts
+# harder. No deadline: a CI machine's hiccup is not a bug.
+settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True)
+settings.register_profile("long", max_examples=20_000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def load_vectors() -> list[dict[str, Any]]:

@@ -1,0 +1,921 @@
+"""parse() and the value objects, from hand-written byte tables (SPEC.md sections 2-4 and 7).
+
+Every valid header is fed whole, one byte at a time, split at every offset, by a
+reader that takes exactly ``needed`` bytes, and with bytes after it. Invalid
+headers carry the reason code the spec names. Properties hold that malformed
+input raises only InvalidHeader or IncompleteHeader, and that verdicts never
+change as more bytes arrive.
+"""
+
+import dataclasses
+import itertools
+import socket
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gevent_proxyproto as gpp
+from gevent_proxyproto._crc32c import crc32c_pure
+
+from . import wire
+from .conftest import REPO
+from .wire import LOCAL, PROXY, SIG, inet, inet6, seal, ssl_value, tlv, unix, v2
+
+AF_INET, AF_INET6, AF_UNIX, AF_UNSPEC = socket.AF_INET, socket.AF_INET6, socket.AF_UNIX, socket.AF_UNSPEC
+STREAM, DGRAM = socket.SOCK_STREAM, socket.SOCK_DGRAM
+Reason = gpp.Reason
+TLVType = gpp.TLVType
+
+#: Application bytes a client may send right after the header.
+TRAILING = b"GET / HTTP/1.1\r\n\r\n\x00\r\n"
+
+
+def ok(case_id: str, data: bytes, expected: gpp.ProxyHeader, **options: bool) -> Any:
+    """A valid header: ``data`` is exactly the header, ``expected`` what parse() reports."""
+    return pytest.param(data, expected, options, id=case_id)
+
+
+def bad(case_id: str, data: bytes, reason: Reason, **options: bool) -> Any:
+    """Bytes that can never be a header: parse() raises InvalidHeader with ``reason``."""
+    return pytest.param(data, reason, options, id=case_id)
+
+
+def header(
+    version: int,
+    command: gpp.Command,
+    family: socket.AddressFamily,
+    protocol: socket.SocketKind | None,
+    source: gpp.Address | None = None,
+    destination: gpp.Address | None = None,
+    tlvs: tuple[tuple[int, bytes], ...] = (),
+) -> gpp.ProxyHeader:
+    return gpp.ProxyHeader(version, command, family, protocol, source, destination, tlvs)
+
+
+def sized(length: int, data: bytes) -> bytes:
+    """``data``, checked to be ``length`` bytes: the edge cases below depend on it."""
+    assert len(data) == length, (length, len(data), data)
+    return data
+
+
+def outcome(data: bytes, **options: bool) -> tuple[Any, ...]:
+    """parse()'s verdict as a tuple; any exception but Incomplete/InvalidHeader propagates."""
+    try:
+        result, length = gpp.parse(data, **options)
+    except gpp.IncompleteHeader as incomplete:
+        assert incomplete.needed >= 1 and incomplete.reason is Reason.TRUNCATED
+        return ("incomplete", incomplete.needed)
+    except gpp.InvalidHeader as invalid:
+        assert isinstance(invalid.reason, Reason) and invalid.reason is not Reason.TRUNCATED
+        assert isinstance(invalid.message, str) and invalid.message
+        return ("invalid", invalid.reason)
+    assert 0 < length <= len(data) and result.raw == bytes(data[:length])
+    return ("ok", result, length)
+
+
+# Version 1 (SPEC.md section 2) -------------------------------------------------------------------
+
+PROXY_CMD = gpp.Command.PROXY
+MAX_IPV6 = "ffff:" * 7 + "ffff"
+# inet_pton accepts longer IPv6 text than inet_ntop writes: 45 and 36 characters.
+LONG_IPV6_45 = "0000:0000:0000:0000:0000:ffff:255.255.255.255"
+LONG_IPV6_36 = "000:0000:0000:0000:0000:ffff:1.2.3.4"
+
+
+def tcp4(case_id: str, line: bytes, source: tuple[str, int], destination: tuple[str, int], **options: bool) -> Any:
+    return ok(case_id, line, header(1, PROXY_CMD, AF_INET, STREAM, source, destination), **options)
+
+
+def tcp6(case_id: str, line: bytes, source: tuple[str, int], destination: tuple[str, int], **options: bool) -> Any:
+    return ok(case_id, line, header(1, PROXY_CMD, AF_INET6, STREAM, source, destination), **options)
+
+
+def unknown(case_id: str, line: bytes) -> Any:
+    return ok(case_id, line, header(1, PROXY_CMD, AF_UNSPEC, None))
+
+
+V1_VALID = [
+    tcp4("tcp4", b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n", ("192.168.0.1", 56324), ("192.168.0.11", 443)),
+    tcp4(
+        "tcp4-extremes", b"PROXY TCP4 0.0.0.0 255.255.255.255 0 65535\r\n", ("0.0.0.0", 0), ("255.255.255.255", 65535)
+    ),
+    tcp4(
+        "tcp4-longest-56",
+        sized(56, b"PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n"),
+        ("255.255.255.255", 65535),
+        ("255.255.255.255", 65535),
+    ),
+    tcp4(
+        "tcp4-unaffected-by-v4-in-tcp6-switch",
+        b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n",
+        ("10.0.0.1", 1),
+        ("10.0.0.2", 2),
+        allow_v4_in_tcp6=True,
+    ),
+    tcp6("tcp6", b"PROXY TCP6 2001:db8::1 2001:db8::2 4242 443\r\n", ("2001:db8::1", 4242), ("2001:db8::2", 443)),
+    tcp6(
+        "tcp6-reported-canonical",
+        b"PROXY TCP6 2001:DB8::A 2001:0db8:0:0::b 1 2\r\n",
+        ("2001:db8::a", 1),
+        ("2001:db8::b", 2),
+    ),
+    tcp6(
+        "tcp6-v4-mapped",
+        b"PROXY TCP6 ::ffff:192.0.2.1 ::ffff:198.51.100.2 56324 443\r\n",
+        ("::ffff:192.0.2.1", 56324),
+        ("::ffff:198.51.100.2", 443),
+    ),
+    tcp6("tcp6-unspecified-and-loopback", b"PROXY TCP6 :: ::1 0 0\r\n", ("::", 0), ("::1", 0)),
+    tcp6(
+        "tcp6-longest-canonical-104",
+        sized(104, f"PROXY TCP6 {MAX_IPV6} {MAX_IPV6} 65535 65535\r\n".encode()),
+        (MAX_IPV6, 65535),
+        (MAX_IPV6, 65535),
+    ),
+    tcp6(
+        "tcp6-107-bytes-at-the-limit",
+        sized(107, f"PROXY TCP6 {LONG_IPV6_45} {LONG_IPV6_36} 65535 65535\r\n".encode()),
+        ("::ffff:255.255.255.255", 65535),
+        ("::ffff:1.2.3.4", 65535),
+    ),
+    tcp6(
+        "v4-in-tcp6-allowed",
+        b"PROXY TCP6 192.0.2.1 2001:db8::2 56324 443\r\n",
+        ("::ffff:192.0.2.1", 56324),
+        ("2001:db8::2", 443),
+        allow_v4_in_tcp6=True,
+    ),
+    tcp6(
+        "v4-in-tcp6-allowed-both",
+        b"PROXY TCP6 192.0.2.1 198.51.100.2 1 2\r\n",
+        ("::ffff:192.0.2.1", 1),
+        ("::ffff:198.51.100.2", 2),
+        allow_v4_in_tcp6=True,
+    ),
+    unknown("unknown-short-15", sized(15, b"PROXY UNKNOWN\r\n")),
+    unknown("unknown-with-addresses", b"PROXY UNKNOWN 192.0.2.1 198.51.100.2 56324 443\r\n"),
+    unknown("unknown-empty-rest", b"PROXY UNKNOWN \r\n"),
+    unknown("unknown-rest-is-ignored", b"PROXY UNKNOWN \x00\xff  not even addresses\r\n"),
+    unknown("unknown-longest-107", sized(107, f"PROXY UNKNOWN {MAX_IPV6} {MAX_IPV6} 65535 65535\r\n".encode())),
+    unknown("unknown-any-107", sized(107, b"PROXY UNKNOWN " + b"x" * 91 + b"\r\n")),
+]
+
+GOOD_TCP4 = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443"
+GOOD_TCP6 = b"PROXY TCP6 2001:db8::1 2001:db8::2 56324 443"
+
+
+def bad_v1(case_id: str, line: bytes, **options: bool) -> Any:
+    return bad(case_id, line, Reason.BAD_HDR, **options)
+
+
+V1_INVALID = [
+    bad("lowercase-signature", GOOD_TCP4.lower() + b"\r\n", Reason.NOT_HDR),
+    bad("signature-without-space", b"PROXY\r\n", Reason.NOT_HDR),
+    bad_v1("lowercase-protocol", b"PROXY tcp4 192.0.2.1 198.51.100.2 56324 443\r\n"),
+    bad_v1("protocol-tcp5", b"PROXY TCP5 192.0.2.1 198.51.100.2 56324 443\r\n"),
+    bad_v1("unknownx", b"PROXY UNKNOWNX\r\n"),
+    bad_v1("no-protocol", b"PROXY \r\n"),
+    bad_v1("protocol-only", b"PROXY TCP4\r\n"),
+    bad_v1("two-spaces-after-proxy", b"PROXY  TCP4 192.0.2.1 198.51.100.2 56324 443\r\n"),
+    bad_v1("two-spaces-between-fields", b"PROXY TCP4 192.0.2.1  198.51.100.2 56324 443\r\n"),
+    bad_v1("space-before-crlf", GOOD_TCP4 + b" \r\n"),
+    bad_v1("tab-separator", b"PROXY TCP4 192.0.2.1\t198.51.100.2 56324 443\r\n"),
+    bad_v1("missing-port", b"PROXY TCP4 192.0.2.1 198.51.100.2 56324\r\n"),
+    bad_v1("extra-field", GOOD_TCP4 + b" 80\r\n"),
+    bad_v1("octet-leading-zero", b"PROXY TCP4 192.0.2.01 198.51.100.2 56324 443\r\n"),
+    bad_v1("octet-double-zero", b"PROXY TCP4 192.0.2.00 198.51.100.2 56324 443\r\n"),
+    bad_v1("octet-256", b"PROXY TCP4 192.0.2.256 198.51.100.2 56324 443\r\n"),
+    bad_v1("three-octets", b"PROXY TCP4 192.0.2 198.51.100.2 56324 443\r\n"),
+    bad_v1("five-octets", b"PROXY TCP4 192.0.2.1.5 198.51.100.2 56324 443\r\n"),
+    bad_v1("hex-octet", b"PROXY TCP4 0xc0.0.2.1 198.51.100.2 56324 443\r\n"),
+    bad_v1("port-leading-zero", b"PROXY TCP4 192.0.2.1 198.51.100.2 056324 443\r\n"),
+    bad_v1("port-double-zero", b"PROXY TCP4 192.0.2.1 198.51.100.2 00 443\r\n"),
+    bad_v1("port-65536", b"PROXY TCP4 192.0.2.1 198.51.100.2 65536 443\r\n"),
+    bad_v1("port-99999", b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 99999\r\n"),
+    bad_v1("port-six-digits", b"PROXY TCP4 192.0.2.1 198.51.100.2 100000 443\r\n"),
+    bad_v1("port-plus-sign", b"PROXY TCP4 192.0.2.1 198.51.100.2 +56324 443\r\n"),
+    bad_v1("port-minus-sign", b"PROXY TCP4 192.0.2.1 198.51.100.2 -1 443\r\n"),
+    bad_v1("port-underscore", b"PROXY TCP4 192.0.2.1 198.51.100.2 56_324 443\r\n"),
+    bad_v1("port-non-ascii-digits", "PROXY TCP4 192.0.2.1 198.51.100.2 ٥٦ 443\r\n".encode()),
+    bad_v1("nul-in-line", b"PROXY TCP4 192.0.2.1\x00198.51.100.2 56324 443\r\n"),
+    bad_v1("ipv6-in-tcp4", b"PROXY TCP4 2001:db8::1 198.51.100.2 56324 443\r\n"),
+    bad_v1("ipv4-in-tcp6", b"PROXY TCP6 192.0.2.1 2001:db8::2 56324 443\r\n"),
+    bad_v1("ipv4-in-tcp6-both", b"PROXY TCP6 192.0.2.1 198.51.100.2 56324 443\r\n"),
+    bad_v1("zone-id", b"PROXY TCP6 fe80::1%eth0 2001:db8::2 56324 443\r\n"),
+    bad_v1("zone-id-with-switch", b"PROXY TCP6 fe80::1%eth0 2001:db8::2 56324 443\r\n", allow_v4_in_tcp6=True),
+    bad_v1("bracketed-ipv6", b"PROXY TCP6 [2001:db8::1] 2001:db8::2 56324 443\r\n"),
+    bad_v1("two-double-colons", b"PROXY TCP6 1::2::3 2001:db8::2 56324 443\r\n"),
+    bad_v1("triple-colon", b"PROXY TCP6 ::: 2001:db8::2 56324 443\r\n"),
+    bad_v1("bad-octet-with-switch", b"PROXY TCP6 192.0.2.01 2001:db8::2 56324 443\r\n", allow_v4_in_tcp6=True),
+    bad_v1("lone-lf", GOOD_TCP4 + b"\n"),
+    bad_v1("lone-cr", GOOD_TCP4 + b"\rX"),
+    bad_v1("cr-cr-lf", GOOD_TCP4 + b"\r\r\n"),
+    bad_v1("lf-cr", GOOD_TCP4 + b"\n\r"),
+    bad_v1("lone-lf-in-unknown", b"PROXY UNKNOWN\n"),
+    bad_v1("lone-cr-in-unknown-text", b"PROXY UNKNOWN a\rb\r\n"),
+    bad_v1("lone-lf-in-unknown-text", b"PROXY UNKNOWN a\nb\r\n"),
+    bad_v1("unknown-108", sized(108, b"PROXY UNKNOWN " + b"x" * 92 + b"\r\n")),
+    bad_v1("tcp6-108", sized(108, f"PROXY TCP6 {LONG_IPV6_45} 0{LONG_IPV6_36} 65535 65535\r\n".encode())),
+    bad_v1("no-crlf-in-107", sized(107, b"PROXY UNKNOWN " + b"x" * 93)),
+    bad_v1("cr-at-byte-107", sized(107, b"PROXY UNKNOWN " + b"x" * 92 + b"\r")),
+]
+
+
+# Not PROXY traffic at all (SPEC.md section 3, detection) -------------------------------------------
+
+NOT_HEADERS = [
+    bad("http", b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", Reason.NOT_HDR),
+    bad("http-put-starts-with-p", b"PUT / HTTP/1.1\r\n\r\n", Reason.NOT_HDR),
+    bad("tls-client-hello", bytes.fromhex("1603010200010001fc0303"), Reason.NOT_HDR),
+    bad("ssh", b"SSH-2.0-OpenSSH_9.6\r\n", Reason.NOT_HDR),
+    bad("nul", b"\x00", Reason.NOT_HDR),
+    bad("blank-lines", b"\r\n\r\n\r\n", Reason.NOT_HDR),
+    bad("v2-bad-signature", SIG[:-1] + b"X\x21\x11\x00\x0c" + bytes(12), Reason.NOT_HDR),
+]
+
+
+# Version 2 (SPEC.md sections 3, 4 and 7) ----------------------------------------------------------
+
+SRC4, DST4 = ("192.0.2.1", 56324), ("198.51.100.2", 443)
+SRC6, DST6 = ("2001:db8::1", 4242), ("2001:db8::2", 443)
+PATH_SRC, PATH_DST = "/var/run/client.sock", "/var/run/server.sock"
+BLOCK4 = inet(SRC4, DST4)
+BLOCK6 = inet6(SRC6, DST6)
+BLOCK_UNIX = unix(PATH_SRC.encode(), PATH_DST.encode())
+ALPN_H2 = (int(TLVType.ALPN), b"h2")
+LOCAL_CMD = gpp.Command.LOCAL
+
+#: Family nibble -> (family, address block, source, destination), with addresses
+#: whose blocks do not frame as TLVs at byte 16 (so LOCAL reads TLVs after them).
+FAMILY_NIBBLES = {
+    0x0: (AF_UNSPEC, b"", None, None),
+    0x1: (AF_INET, BLOCK4, SRC4, DST4),
+    0x2: (AF_INET6, BLOCK6, SRC6, DST6),
+    0x3: (AF_UNIX, BLOCK_UNIX, PATH_SRC, PATH_DST),
+}
+TRANSPORT_NIBBLES = {0x0: None, 0x1: STREAM, 0x2: DGRAM}
+
+
+def combination(command: gpp.Command, family_nibble: int, transport_nibble: int) -> Any:
+    """One family/transport/command header with an ALPN TLV after the address block.
+
+    The addresses replace the real endpoints only for PROXY with a family and a
+    transport; LOCAL and UNSPEC mode report None (SPEC.md sections 3 and 7).
+    """
+    family, block, source, destination = FAMILY_NIBBLES[family_nibble]
+    protocol = TRANSPORT_NIBBLES[transport_nibble]
+    addressed = command == PROXY_CMD and family != AF_UNSPEC and protocol is not None
+    expected = header(
+        2, command, family, protocol, source if addressed else None, destination if addressed else None, (ALPN_H2,)
+    )
+    data = v2(0x20 | command, family_nibble << 4 | transport_nibble, block + tlv(*ALPN_H2))
+    return ok(f"{command.name}-{family.name}-{protocol.name if protocol else 'UNSPEC'}", data, expected)
+
+
+V2_COMBINATIONS = [
+    combination(command, family, transport)
+    for command, family, transport in itertools.product(gpp.Command, FAMILY_NIBBLES, TRANSPORT_NIBBLES)
+]
+
+
+def proxy4(case_id: str, tlv_bytes: bytes, tlvs: tuple[tuple[int, bytes], ...]) -> Any:
+    """A PROXY TCP4 header carrying ``tlv_bytes`` after its block, expected to parse as ``tlvs``."""
+    return ok(case_id, v2(PROXY, 0x11, BLOCK4 + tlv_bytes), header(2, PROXY_CMD, AF_INET, STREAM, SRC4, DST4, tlvs))
+
+
+def unix_case(case_id: str, source: bytes, destination: bytes, want_source: Any, want_destination: Any) -> Any:
+    data = v2(PROXY, 0x31, unix(source, destination))
+    return ok(case_id, data, header(2, PROXY_CMD, AF_UNIX, STREAM, want_source, want_destination))
+
+
+def crc_first(ver_cmd: int, fam_tr: int, block: bytes, *rest: bytes) -> bytes:
+    """A header whose first TLV after ``block`` is a correct CRC32C."""
+    data = v2(ver_cmd, fam_tr, block + tlv(TLVType.CRC32C, bytes(4)) + b"".join(rest))
+    return seal(data, 16 + len(block) + 3)
+
+
+def crc_value(data: bytes, value_offset: int) -> tuple[int, bytes]:
+    return (int(TLVType.CRC32C), data[value_offset : value_offset + 4])
+
+
+AWS_TLV = (int(TLVType.AWS), b"\x01vpce-0123456789abcdef0")
+CRC4 = crc_first(PROXY, 0x11, BLOCK4, tlv(*ALPN_H2))
+CRC_AFTER_ALPN = seal(v2(PROXY, 0x11, BLOCK4 + tlv(*ALPN_H2) + tlv(TLVType.CRC32C, bytes(4))), 16 + 12 + 5 + 3)
+CRC_LOCAL = crc_first(LOCAL, 0x11, b"", tlv(*AWS_TLV))
+CRC_UNSPEC = crc_first(PROXY, 0x00, b"")
+SSL_FULL = ssl_value(
+    0x07,
+    0,
+    (0x21, b"TLSv1.3"),
+    (0x22, b"client.example"),
+    (0x25, b"RSA2048"),
+    (0x24, b"SHA256"),
+    (0x23, b"TLS_AES_256_GCM_SHA384"),
+    (0x26, b"X25519"),
+    (0x27, b"rsa_pss_rsae_sha256"),
+    (0x28, b"\x30\x82\x01\x0a"),
+)
+
+V2_VALID = [
+    ok("haproxy-health-check", v2(LOCAL, 0x00), header(2, LOCAL_CMD, AF_UNSPEC, None)),
+    ok("local-inet-len-0", v2(LOCAL, 0x11), header(2, LOCAL_CMD, AF_INET, STREAM)),
+    ok("local-unix-len-0", v2(LOCAL, 0x31), header(2, LOCAL_CMD, AF_UNIX, STREAM)),
+    ok("local-shorter-than-block", v2(LOCAL, 0x21, b"\xff" * 5), header(2, LOCAL_CMD, AF_INET6, STREAM)),
+    ok(
+        "local-aws-nlb-tlvs-at-16",
+        v2(LOCAL, 0x11, tlv(*AWS_TLV)),
+        header(2, LOCAL_CMD, AF_INET, STREAM, tlvs=(AWS_TLV,)),
+    ),
+    ok(
+        "local-tlvs-frame-at-neither-ignored",
+        v2(LOCAL, 0x21, BLOCK6 + b"\x01\x00"),
+        header(2, LOCAL_CMD, AF_INET6, STREAM),
+    ),
+    ok(
+        # SPEC.md section 7: byte 16 wins whenever the bytes frame there, even
+        # when they are really a zero address block.
+        "local-zero-block-frames-at-16",
+        v2(LOCAL, 0x11, inet(("0.0.0.0", 0), ("0.0.0.0", 0)) + tlv(*ALPN_H2)),
+        header(2, LOCAL_CMD, AF_INET, STREAM, tlvs=((0, b""),) * 4 + (ALPN_H2,)),
+    ),
+    ok(
+        # A block that frames at byte 16 but breaks a TLV rule (0.0.0.0:3 reads
+        # as a 0-byte CRC32C) is read as the block it is: LOCAL is accepted.
+        "local-block-framing-as-bad-tlvs",
+        v2(LOCAL, 0x11, inet(("0.0.0.0", 3), ("0.0.0.0", 0)) + tlv(*ALPN_H2)),
+        header(2, LOCAL_CMD, AF_INET, STREAM, tlvs=(ALPN_H2,)),
+    ),
+    ok(
+        "unspec-family-tlvs-at-16",
+        v2(PROXY, 0x00, tlv(TLVType.UNIQUE_ID, b"id-1")),
+        header(2, PROXY_CMD, AF_UNSPEC, None, tlvs=((5, b"id-1"),)),
+    ),
+    ok("inet-exact-block", v2(PROXY, 0x11, BLOCK4), header(2, PROXY_CMD, AF_INET, STREAM, SRC4, DST4)),
+    ok(
+        "inet-extremes",
+        v2(PROXY, 0x11, inet(("0.0.0.0", 0), ("255.255.255.255", 65535))),
+        header(2, PROXY_CMD, AF_INET, STREAM, ("0.0.0.0", 0), ("255.255.255.255", 65535)),
+    ),
+    ok(
+        "inet6-v4-mapped",
+        v2(PROXY, 0x21, inet6(("::ffff:192.0.2.1", 1), ("::1", 2))),
+        header(2, PROXY_CMD, AF_INET6, STREAM, ("::ffff:192.0.2.1", 1), ("::1", 2)),
+    ),
+    ok(
+        "unspec-mode-inet6-len-above-block",
+        v2(PROXY, 0x20, BLOCK6 + tlv(*ALPN_H2)),
+        header(2, PROXY_CMD, AF_INET6, None, tlvs=(ALPN_H2,)),
+    ),
+    unix_case("unix-paths", PATH_SRC.encode(), PATH_DST.encode(), PATH_SRC, PATH_DST),
+    unix_case("unix-abstract", b"\0client", b"\0server", b"\0client", b"\0server"),
+    unix_case("unix-abstract-inner-nul-kept", b"\0a\0b", b"\0c", b"\0a\0b", b"\0c"),
+    unix_case("unix-all-nul-is-empty-abstract", b"", b"\0", b"\0", b"\0"),
+    unix_case("unix-path-108-bytes-no-nul", b"p" * 108, b"/d", "p" * 108, "/d"),
+    unix_case("unix-path-not-utf8", b"/tmp/\xff.sock", b"/d", "/tmp/\udcff.sock", "/d"),
+    unix_case("unix-path-ends-at-first-nul", b"/a\0junk", b"/d\0\0x", "/a", "/d"),
+    proxy4("tlv-empty-value", tlv(TLVType.NOOP, b""), ((4, b""),)),
+    proxy4("tlv-noop-padding", tlv(TLVType.NOOP, bytes(10)), ((4, bytes(10)),)),
+    proxy4(
+        "tlv-duplicates-in-order",
+        tlv(1, b"h2") + tlv(0xF0, b"x") + tlv(1, b"http/1.1"),
+        ((1, b"h2"), (0xF0, b"x"), (1, b"http/1.1")),
+    ),
+    proxy4(
+        "tlv-experimental-and-future-kept-raw",
+        tlv(0xF7, b"\x00") + tlv(0xFF, b"\xff"),
+        ((0xF7, b"\0"), (0xFF, b"\xff")),
+    ),
+    proxy4("tlv-large-value", tlv(0x30, b"n" * 1000), ((0x30, b"n" * 1000),)),
+    proxy4("authority-255", tlv(TLVType.AUTHORITY, b"a" * 255), ((2, b"a" * 255),)),
+    proxy4("unique-id-128", tlv(TLVType.UNIQUE_ID, b"u" * 128), ((5, b"u" * 128),)),
+    proxy4("ssl-full", tlv(TLVType.SSL, SSL_FULL), ((0x20, SSL_FULL),)),
+    proxy4("ssl-no-sub-tlvs", tlv(TLVType.SSL, ssl_value(0, 0)), ((0x20, ssl_value(0, 0)),)),
+    ok(
+        "crc32c-first",
+        CRC4,
+        header(2, PROXY_CMD, AF_INET, STREAM, SRC4, DST4, (crc_value(CRC4, 31), ALPN_H2)),
+    ),
+    ok(
+        "crc32c-after-alpn",
+        CRC_AFTER_ALPN,
+        header(2, PROXY_CMD, AF_INET, STREAM, SRC4, DST4, (ALPN_H2, crc_value(CRC_AFTER_ALPN, 36))),
+    ),
+    ok(
+        "crc32c-in-local-at-16",
+        CRC_LOCAL,
+        header(2, LOCAL_CMD, AF_INET, STREAM, tlvs=(crc_value(CRC_LOCAL, 19), AWS_TLV)),
+    ),
+    ok("crc32c-unspec-family", CRC_UNSPEC, header(2, PROXY_CMD, AF_UNSPEC, None, tlvs=(crc_value(CRC_UNSPEC, 19),))),
+]
+
+
+def flip_bit(data: bytes, index: int) -> bytes:
+    """``data`` with the low bit of byte ``index`` flipped."""
+    return data[:index] + bytes((data[index] ^ 0x01,)) + data[index + 1 :]
+
+
+def bad_tlvs(case_id: str, tlv_bytes: bytes, reason: Reason = Reason.BAD_HDR) -> Any:
+    """A PROXY TCP4 header whose TLV area is ``tlv_bytes``, which makes it invalid."""
+    return bad(case_id, v2(PROXY, 0x11, BLOCK4 + tlv_bytes), reason)
+
+
+V2_INVALID = [
+    bad_tlvs("tlv-1-byte-tail", tlv(*ALPN_H2) + b"\x01"),
+    bad_tlvs("tlv-2-byte-tail", tlv(*ALPN_H2) + b"\x01\x00"),
+    bad_tlvs("tlv-overrun", b"\x01\x00\x05h2"),
+    bad_tlvs("tlv-last-overruns-by-one", tlv(*ALPN_H2) + b"\x01\x00\x03h2"),
+    bad("unspec-mode-tlv-tail", v2(PROXY, 0x10, BLOCK4 + b"\x01"), Reason.BAD_HDR),
+    bad("crc32c-mismatch-in-tlv-after", flip_bit(CRC4, len(CRC4) - 1), Reason.CRC),
+    bad("crc32c-mismatch-in-value", flip_bit(CRC4, 31), Reason.CRC),
+    bad("crc32c-mismatch-in-address", flip_bit(CRC4, 16), Reason.CRC),
+    bad("crc32c-mismatch-local", flip_bit(CRC_LOCAL, len(CRC_LOCAL) - 1), Reason.CRC),
+    bad("crc32c-mismatch-before-it", flip_bit(CRC_AFTER_ALPN, 31), Reason.CRC),
+    bad_tlvs("crc32c-3-bytes", tlv(TLVType.CRC32C, bytes(3))),
+    bad_tlvs("crc32c-5-bytes", tlv(TLVType.CRC32C, bytes(5))),
+    bad_tlvs("authority-256", tlv(TLVType.AUTHORITY, b"a" * 256)),
+    bad_tlvs("unique-id-129", tlv(TLVType.UNIQUE_ID, b"u" * 129)),
+    bad_tlvs("ssl-under-5-bytes", tlv(TLVType.SSL, b"\x01\x00\x00\x00")),
+    bad_tlvs("ssl-sub-tlv-overrun", tlv(TLVType.SSL, ssl_value(1, 0) + b"\x21\x00\x09TLSv1.3")),
+    bad_tlvs("ssl-sub-tlv-tail", tlv(TLVType.SSL, ssl_value(1, 0, (0x21, b"TLSv1.3")) + b"\x22")),
+    bad("inet-len-11", v2(PROXY, 0x11, BLOCK4[:11]), Reason.BAD_HDR),
+    bad("inet6-len-35", v2(PROXY, 0x21, BLOCK6[:35]), Reason.BAD_HDR),
+    bad("unix-len-215", v2(PROXY, 0x31, BLOCK_UNIX[:215]), Reason.BAD_HDR),
+    bad("unspec-mode-inet-len-11", v2(PROXY, 0x10, BLOCK4[:11]), Reason.BAD_HDR),
+    bad("dgram-inet6-len-0", v2(PROXY, 0x22), Reason.BAD_HDR),
+]
+
+VALID = V1_VALID + V2_COMBINATIONS + V2_VALID
+INVALID = V1_INVALID + NOT_HEADERS + V2_INVALID
+
+
+# The tables through parse() ------------------------------------------------------------------------
+
+
+def feed(stream: bytes, chunk_sizes: Any, **options: bool) -> tuple[gpp.ProxyHeader, int]:
+    """Parse ``stream`` as it arrives in chunks of these sizes; every earlier attempt is incomplete."""
+    received = b""
+    for size in chunk_sizes:
+        received += stream[len(received) : len(received) + size]
+        try:
+            return gpp.parse(received, **options)
+        except gpp.IncompleteHeader as incomplete:
+            assert incomplete.needed >= 1
+    raise AssertionError(f"the stream ended inside the header after {len(received)} bytes")
+
+
+@pytest.mark.parametrize(("data", "expected", "options"), VALID)
+def test_valid_whole(data: bytes, expected: gpp.ProxyHeader, options: dict[str, bool]) -> None:
+    result, length = gpp.parse(data, **options)
+    assert (result, length) == (expected, len(data))
+    assert result.raw == data and result.to_bytes() == data
+    assert type(result.command) is gpp.Command
+
+
+@pytest.mark.parametrize(("data", "expected", "options"), VALID)
+def test_valid_every_strict_prefix_is_incomplete(
+    data: bytes, expected: gpp.ProxyHeader, options: dict[str, bool]
+) -> None:
+    for cut in range(len(data)):
+        with pytest.raises(gpp.IncompleteHeader) as info:
+            gpp.parse(data[:cut], **options)
+        # `needed` bytes are certainly header: a reader may take them without peeking.
+        assert 1 <= info.value.needed <= len(data) - cut, cut
+        assert info.value.reason is Reason.TRUNCATED and info.value.message
+
+
+@pytest.mark.parametrize("trailing", [b"", TRAILING], ids=["alone", "trailing"])
+@pytest.mark.parametrize(("data", "expected", "options"), VALID)
+def test_valid_fed_in_pieces(data: bytes, expected: gpp.ProxyHeader, options: dict[str, bool], trailing: bytes) -> None:
+    stream = data + trailing
+    want = (expected, len(data))
+    assert feed(stream, [len(stream)], **options) == want
+    assert feed(stream, itertools.repeat(1), **options) == want
+    for offset in range(1, len(stream)):
+        assert feed(stream, [offset, len(stream) - offset], **options) == want, offset
+
+
+@pytest.mark.parametrize(("data", "expected", "options"), VALID)
+def test_valid_read_by_needed_stops_at_the_header_end(
+    data: bytes, expected: gpp.ProxyHeader, options: dict[str, bool]
+) -> None:
+    # A reader that takes exactly `needed` bytes each time never reads past the header.
+    stream = data + TRAILING
+    received = b""
+    while True:
+        try:
+            result = gpp.parse(received, **options)
+            break
+        except gpp.IncompleteHeader as incomplete:
+            received += stream[len(received) : len(received) + incomplete.needed]
+    assert result == (expected, len(data))
+    assert received == data
+
+
+@pytest.mark.parametrize("trailing", [b"\r\n", TRAILING, bytes(range(256)) * 300], ids=["crlf", "http", "76800-bytes"])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+@pytest.mark.parametrize(("data", "expected", "options"), VALID)
+def test_valid_with_trailing_bytes_and_input_types(
+    data: bytes, expected: gpp.ProxyHeader, options: dict[str, bool], kind: Any, trailing: bytes
+) -> None:
+    result, length = gpp.parse(kind(data + trailing), **options)
+    assert (result, length) == (expected, len(data))
+    assert type(result.raw) is bytes and result.raw == data
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+@pytest.mark.parametrize("trailing", [b"", b"\r\n", TRAILING], ids=["alone", "crlf", "http"])
+@pytest.mark.parametrize(("data", "reason", "options"), INVALID)
+def test_invalid(data: bytes, reason: Reason, options: dict[str, bool], trailing: bytes, kind: Any) -> None:
+    with pytest.raises(gpp.InvalidHeader) as info:
+        gpp.parse(kind(data + trailing), **options)
+    assert info.value.reason is reason
+    assert info.value.message and str(info.value).startswith(f"{reason.value}: ")
+
+
+# Fail fast (SPEC.md section 7): invalid at the first byte that can no longer
+# begin a valid header; every shorter prefix is incomplete.
+FAIL_FAST = [
+    bad("first-byte-http", b"G", Reason.NOT_HDR),
+    bad("first-byte-tls", b"\x16", Reason.NOT_HDR),
+    bad("first-byte-nul", b"\x00", Reason.NOT_HDR),
+    bad("proxy-misspelt", b"PROXX", Reason.NOT_HDR),
+    bad("proxy-no-space", b"PROXY\r", Reason.NOT_HDR),
+    bad("v2-signature-third-byte", b"\r\n\n", Reason.NOT_HDR),
+    bad("v2-signature-last-byte", SIG[:11] + b"\x00", Reason.NOT_HDR),
+    bad("v2-version-1", SIG + b"\x11", Reason.BAD_PROTO),
+    bad("v2-version-3", SIG + b"\x31", Reason.BAD_PROTO),
+    bad("v2-family-4", SIG + b"\x21\x41", Reason.BAD_PROTO),
+    bad("v2-transport-3", SIG + b"\x21\x13", Reason.BAD_PROTO),
+    bad("v2-inet-len-below-block", SIG + b"\x21\x11\x00\x0b", Reason.BAD_HDR),
+    bad("v2-inet6-len-below-block", SIG + b"\x21\x21\x00\x23", Reason.BAD_HDR),
+    bad("v2-unix-len-below-block", SIG + b"\x21\x31\x00\xd7", Reason.BAD_HDR),
+    bad("v2-unspec-mode-len-below-block", SIG + b"\x21\x10\x00\x0b", Reason.BAD_HDR),
+    bad("v1-lone-lf", GOOD_TCP4 + b"\n", Reason.BAD_HDR),
+    bad("v1-lone-lf-early", b"PROXY \n", Reason.BAD_HDR),
+    bad("v1-lone-lf-in-unknown", b"PROXY UNKNOWN\n", Reason.BAD_HDR),
+    bad("v1-lone-lf-in-unknown-text", b"PROXY UNKNOWN a\n", Reason.BAD_HDR),
+    bad("v1-cr-without-lf", GOOD_TCP4 + b"\rX", Reason.BAD_HDR),
+    bad("v1-cr-without-lf-in-unknown-text", b"PROXY UNKNOWN ab\rc", Reason.BAD_HDR),
+    # 106 bytes without a CR: a CRLF can no longer end within 107 bytes.
+    bad("v1-106-bytes-without-cr", sized(106, b"PROXY UNKNOWN " + b"x" * 92), Reason.BAD_HDR),
+    bad(
+        "v1-tcp6-106-bytes-without-cr",
+        sized(106, f"PROXY TCP6 {LONG_IPV6_45} 0{LONG_IPV6_36} 65535 65535".encode()),
+        Reason.BAD_HDR,
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "reason", "options"), FAIL_FAST)
+def test_fail_fast(data: bytes, reason: Reason, options: dict[str, bool]) -> None:
+    with pytest.raises(gpp.InvalidHeader) as info:
+        gpp.parse(data, **options)
+    assert info.value.reason is reason and info.value.message
+    for cut in range(len(data)):
+        with pytest.raises(gpp.IncompleteHeader):
+            gpp.parse(data[:cut], **options)
+
+
+def test_incomplete_needed_is_exact_for_v2() -> None:
+    body = BLOCK4 + tlv(*ALPN_H2)
+    data = v2(PROXY, 0x11, body)
+    cases = {1: 15, 5: 11, 15: 1, 16: len(body), 20: len(body) - 4, len(data) - 1: 1}
+    for cut, needed in cases.items():
+        with pytest.raises(gpp.IncompleteHeader) as info:
+            gpp.parse(data[:cut])
+        assert info.value.needed == needed, cut
+    with pytest.raises(gpp.IncompleteHeader) as huge:
+        gpp.parse(v2(LOCAL, 0x00, length=0xFFFF))
+    assert huge.value.needed == 0xFFFF
+
+
+@pytest.mark.parametrize(
+    ("data", "shortest_end"),
+    [
+        (b"", b"PROXY UNKNOWN\r\n"),
+        (b"P", b"ROXY UNKNOWN\r\n"),
+        (b"PROXY ", b"UNKNOWN\r\n"),
+        (b"PROXY TCP4 192.0.2.1 ", b"0.0.0.0 0 0\r\n"),
+        (b"PROXY UNKNOWN\r", b"\n"),
+        (sized(105, b"PROXY UNKNOWN " + b"x" * 91), b"\r\n"),
+        (sized(106, b"PROXY UNKNOWN " + b"x" * 91 + b"\r"), b"\n"),
+    ],
+)
+def test_incomplete_needed_never_passes_the_shortest_valid_end(data: bytes, shortest_end: bytes) -> None:
+    gpp.parse(data + shortest_end)  # the table's completion is valid
+    with pytest.raises(gpp.IncompleteHeader) as info:
+        gpp.parse(data)
+    assert 1 <= info.value.needed <= len(shortest_end)
+
+
+@pytest.mark.parametrize("version", range(16))
+def test_v2_every_bad_version_or_command_nibble(version: int) -> None:
+    for command in range(16):
+        if version == 2 and command in (0, 1):
+            continue
+        data = v2(version << 4 | command, 0x11, BLOCK4)
+        for prefix in (data[:13], data):
+            with pytest.raises(gpp.InvalidHeader) as info:
+                gpp.parse(prefix)
+            if version != 2:
+                assert info.value.reason is Reason.BAD_PROTO
+            else:  # the spec names no reason for a bad command
+                assert info.value.reason in (Reason.BAD_HDR, Reason.BAD_PROTO)
+
+
+@pytest.mark.parametrize("command", [LOCAL, PROXY])
+def test_v2_every_bad_family_or_transport_nibble(command: int) -> None:
+    for family, transport in itertools.product(range(16), range(16)):
+        if family in FAMILY_NIBBLES and transport in TRANSPORT_NIBBLES:
+            continue
+        data = v2(command, family << 4 | transport, bytes(216))
+        for prefix in (data[:14], data):
+            with pytest.raises(gpp.InvalidHeader) as info:
+                gpp.parse(prefix)
+            assert info.value.reason is Reason.BAD_PROTO, (family, transport)
+
+
+@pytest.mark.parametrize(
+    "line", [b"PROXY TCP6 192.0.2.1 2001:db8::2 1 2\r\n", b"PROXY TCP6 192.0.2.1 198.51.100.2 1 2\r\n"]
+)
+def test_v4_in_tcp6_only_with_the_switch(line: bytes) -> None:
+    with pytest.raises(gpp.InvalidHeader):
+        gpp.parse(line)
+    with pytest.raises(gpp.InvalidHeader):
+        gpp.parse(line, allow_v4_in_tcp6=False)
+    result, _ = gpp.parse(line, allow_v4_in_tcp6=True)
+    assert isinstance(result.source, tuple) and result.source[0] == "::ffff:192.0.2.1"
+    assert result.family == AF_INET6
+
+
+# TLV accessors (SPEC.md sections 4 and 7) ----------------------------------------------------------
+
+AZURE_ID = 0x12345678
+GCP_ID = 0x0123456789ABCDEF
+
+ACCESSORS = [
+    # (case id, TLVs, accessor, expected)
+    ("alpn", [ALPN_H2], "alpn", b"h2"),
+    ("alpn-absent", [], "alpn", None),
+    ("alpn-first-of-duplicates", [(1, b"h2"), (1, b"http/1.1")], "alpn", b"h2"),
+    ("authority", [(2, b"example.com")], "authority", "example.com"),
+    ("authority-utf8", [(2, "bücher.example".encode())], "authority", "bücher.example"),
+    ("authority-not-utf8-is-lossless", [(2, b"ex\xffample")], "authority", "ex\udcffample"),
+    ("authority-absent", [], "authority", None),
+    ("unique-id", [(5, b"\x00id\xff")], "unique_id", b"\x00id\xff"),
+    ("unique-id-absent", [], "unique_id", None),
+    ("netns", [(0x30, b"blue")], "netns", "blue"),
+    ("netns-absent", [(1, b"h2")], "netns", None),
+    ("crc32c-absent", [], "crc32c", None),
+    ("ssl-absent", [], "ssl", None),
+    ("aws", [AWS_TLV], "aws_vpce_id", "vpce-0123456789abcdef0"),
+    ("aws-wrong-subtype", [(0xEA, b"\x02vpce-0123")], "aws_vpce_id", None),
+    ("aws-empty", [(0xEA, b"")], "aws_vpce_id", None),
+    ("aws-absent", [], "aws_vpce_id", None),
+    ("aws-first-wins", [(0xEA, b"\x02x"), AWS_TLV], "aws_vpce_id", None),
+    ("azure", [(0xEE, b"\x01" + AZURE_ID.to_bytes(4, "little"))], "azure_link_id", AZURE_ID),
+    ("azure-wrong-subtype", [(0xEE, b"\x02" + AZURE_ID.to_bytes(4, "little"))], "azure_link_id", None),
+    ("azure-4-bytes", [(0xEE, b"\x01\x00\x00\x01")], "azure_link_id", None),
+    ("azure-6-bytes", [(0xEE, b"\x01" + bytes(5))], "azure_link_id", None),
+    ("azure-absent", [], "azure_link_id", None),
+    ("gcp", [(0xE0, GCP_ID.to_bytes(8, "big"))], "gcp_psc_connection_id", GCP_ID),
+    ("gcp-7-bytes", [(0xE0, bytes(7))], "gcp_psc_connection_id", None),
+    ("gcp-9-bytes", [(0xE0, bytes(9))], "gcp_psc_connection_id", None),
+    ("gcp-absent", [], "gcp_psc_connection_id", None),
+]
+
+
+@pytest.mark.parametrize(("tlvs", "accessor", "expected"), [pytest.param(*case[1:], id=case[0]) for case in ACCESSORS])
+def test_accessor(tlvs: list[tuple[int, bytes]], accessor: str, expected: Any) -> None:
+    data = v2(PROXY, 0x11, BLOCK4 + b"".join(tlv(t, value) for t, value in tlvs))
+    parsed, _ = gpp.parse(data)
+    assert getattr(parsed, accessor) == expected
+    built = header(2, PROXY_CMD, AF_INET, STREAM, SRC4, DST4, tuple(tlvs))
+    assert getattr(built, accessor) == expected
+
+
+def test_generic_tlv_accessor_and_crc32c() -> None:
+    parsed, _ = gpp.parse(CRC_AFTER_ALPN)
+    assert parsed.tlv(TLVType.ALPN) == b"h2" and parsed.tlv(0x99) is None
+    zeroed = CRC_AFTER_ALPN[:36] + bytes(4) + CRC_AFTER_ALPN[40:]
+    assert parsed.crc32c == wire.crc32c_reference(zeroed) == int.from_bytes(CRC_AFTER_ALPN[36:40], "big")
+
+
+SSL_ACCESSORS = [
+    ("version", "TLSv1.3"),
+    ("cn", "client.example"),
+    ("cipher", "TLS_AES_256_GCM_SHA384"),
+    ("sig_alg", "SHA256"),
+    ("key_alg", "RSA2048"),
+    ("group", "X25519"),
+    ("sig_scheme", "rsa_pss_rsae_sha256"),
+    ("client_cert", b"\x30\x82\x01\x0a"),
+]
+
+
+@pytest.mark.parametrize(("accessor", "expected"), SSL_ACCESSORS)
+def test_ssl_sub_tlv_accessors(accessor: str, expected: Any) -> None:
+    full, _ = gpp.parse(v2(PROXY, 0x11, BLOCK4 + tlv(TLVType.SSL, SSL_FULL)))
+    assert full.ssl is not None and getattr(full.ssl, accessor) == expected
+    empty, _ = gpp.parse(v2(PROXY, 0x11, BLOCK4 + tlv(TLVType.SSL, ssl_value(0x01, 0))))
+    assert empty.ssl is not None and getattr(empty.ssl, accessor) is None
+
+
+def test_ssl_fields_keep_wire_order_and_duplicates() -> None:
+    value = ssl_value(0x01, 0x0A0B0C0D, (0x22, b"first"), (0x99, b"unknown"), (0x22, b"second"))
+    parsed, _ = gpp.parse(v2(PROXY, 0x11, BLOCK4 + tlv(TLVType.SSL, value)))
+    assert parsed.ssl == gpp.SSLInfo(
+        gpp.SSLClient.SSL, 0x0A0B0C0D, ((0x22, b"first"), (0x99, b"unknown"), (0x22, b"second"))
+    )
+    assert parsed.ssl.cn == "first"
+
+
+@pytest.mark.parametrize(
+    ("client", "verify", "verified"),
+    [
+        (0x07, 0, True),  # TLS, certificate on this connection, verified
+        (0x03, 0, True),
+        (0x03, 1, False),  # certificate presented, verification failed
+        (0x01, 0, False),  # HAProxy sends verify = 0 with no certificate: read the flags
+        (0x05, 0, False),  # certificate in the session only, not on this connection
+        (0x00, 0, False),
+    ],
+)
+def test_ssl_client_flags_and_verified(client: int, verify: int, verified: bool) -> None:
+    parsed, _ = gpp.parse(v2(PROXY, 0x11, BLOCK4 + tlv(TLVType.SSL, ssl_value(client, verify))))
+    assert parsed.ssl is not None
+    assert parsed.ssl.client == client and isinstance(parsed.ssl.client, gpp.SSLClient)
+    assert parsed.ssl.verify == verify
+    assert parsed.ssl.verified is verified
+
+
+def test_ssl_client_flag_values() -> None:
+    assert (gpp.SSLClient.SSL, gpp.SSLClient.CERT_CONN, gpp.SSLClient.CERT_SESS) == (0x01, 0x02, 0x04)
+    assert gpp.SSLClient(0xFF) & gpp.SSLClient.CERT_CONN  # unknown bits do not break decoding
+
+
+@pytest.mark.parametrize(
+    "value", [b"", b"\x01\x00\x00\x00", ssl_value(1, 0) + b"\x21", ssl_value(1, 0) + b"\x21\x00\x01"]
+)
+def test_ssl_info_from_malformed_value_is_none(value: bytes) -> None:
+    assert gpp.SSLInfo.from_value(value) is None
+
+
+# CRC32C (SPEC.md section 4) ------------------------------------------------------------------------
+
+# RFC 3720 appendix B.4 and the standard check value.
+CRC_VECTORS = [
+    (b"123456789", 0xE3069283),
+    (b"", 0x00000000),
+    (bytes(32), 0x8A9136AA),
+    (b"\xff" * 32, 0x62A8AB43),
+    (bytes(range(32)), 0x46DD794E),
+    (bytes(range(31, -1, -1)), 0x113FDB5C),
+]
+
+
+@pytest.mark.parametrize("function", [gpp.crc32c, crc32c_pure, wire.crc32c_reference])
+@pytest.mark.parametrize(("data", "expected"), CRC_VECTORS)
+def test_crc32c_vectors(function: Any, data: bytes, expected: int) -> None:
+    assert function(data) == expected
+
+
+@pytest.mark.parametrize("function", [gpp.crc32c, crc32c_pure])
+def test_crc32c_accepts_bytes_like(function: Any) -> None:
+    assert function(bytearray(b"123456789")) == function(memoryview(b"123456789")) == 0xE3069283
+
+
+@given(st.binary(max_size=512))
+def test_crc32c_implementations_agree(data: bytes) -> None:
+    assert crc32c_pure(data) == gpp.crc32c(data) == wire.crc32c_reference(data)
+
+
+# Value objects and errors --------------------------------------------------------------------------
+
+
+def parsed_crc4() -> gpp.ProxyHeader:
+    return gpp.parse(CRC4)[0]
+
+
+def test_header_is_immutable() -> None:
+    parsed = parsed_crc4()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.source = ("203.0.113.9", 1)  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.raw = None  # type: ignore[misc]
+    assert parsed.ssl is None
+    ssl_info = gpp.SSLInfo(gpp.SSLClient.SSL, 0, ())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ssl_info.verify = 1  # type: ignore[misc]
+
+
+def test_header_equality_and_hash_ignore_raw() -> None:
+    parsed = parsed_crc4()
+    rebuilt = dataclasses.replace(parsed, raw=None)
+    other_raw = dataclasses.replace(parsed, raw=b"anything")
+    assert parsed == rebuilt == other_raw
+    assert hash(parsed) == hash(rebuilt) == hash(other_raw)
+    assert len({parsed, rebuilt, other_raw}) == 1
+    assert "raw" not in repr(parsed)
+    assert dataclasses.replace(parsed, source=("192.0.2.1", 1)) != parsed
+    assert dataclasses.replace(parsed, tlvs=parsed.tlvs[1:]) != parsed
+
+
+def test_two_encodings_of_one_header_are_equal() -> None:
+    first, _ = gpp.parse(b"PROXY TCP6 2001:DB8::1 ::ffff:192.0.2.1 1 2\r\n")
+    second, _ = gpp.parse(b"PROXY TCP6 2001:db8:0::1 ::ffff:c000:201 1 2\r\n")
+    assert first.raw != second.raw
+    assert first == second and hash(first) == hash(second)
+
+
+def test_addresses_used() -> None:
+    assert parsed_crc4().addresses_used
+    assert not gpp.parse(v2(LOCAL, 0x11, BLOCK4))[0].addresses_used
+    assert not gpp.parse(b"PROXY UNKNOWN\r\n")[0].addresses_used
+
+
+@pytest.mark.parametrize(
+    "error", [gpp.InvalidHeader, gpp.IncompleteHeader, gpp.HeaderTimeout, gpp.ConnectionClosed, gpp.UntrustedSource]
+)
+def test_every_error_is_a_proxy_protocol_error(error: type[Exception]) -> None:
+    assert issubclass(error, gpp.ProxyProtocolError)
+    assert not issubclass(error, (ValueError, OSError))
+
+
+def test_errors_carry_reason_and_message() -> None:
+    invalid = gpp.InvalidHeader(Reason.BAD_HDR, "v1 port is malformed")
+    assert (invalid.reason, invalid.message, str(invalid)) == (
+        Reason.BAD_HDR,
+        "v1 port is malformed",
+        "BAD_HDR: v1 port is malformed",
+    )
+    incomplete = gpp.IncompleteHeader(3)
+    assert (incomplete.reason, incomplete.needed) == (Reason.TRUNCATED, 3) and incomplete.message
+    assert str(Reason.NOT_HDR) == "NOT_HDR" and Reason.CRC == "CRC"
+
+
+def test_import_does_not_import_gevent() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import gevent_proxyproto
+        loaded = sorted(name for name in sys.modules if name == "gevent" or name.startswith("gevent."))
+        assert not loaded, loaded
+        header, length = gevent_proxyproto.parse(b"PROXY UNKNOWN\\r\\n")
+        gevent_proxyproto.build_v2(source=("192.0.2.1", 1), destination=("192.0.2.2", 2), crc32c=True)
+        loaded = sorted(name for name in sys.modules if name == "gevent" or name.startswith("gevent."))
+        assert not loaded, loaded
+        print(gevent_proxyproto.__file__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(str(REPO / "gevent_proxyproto")), result.stdout
+
+
+# Properties ----------------------------------------------------------------------------------------
+
+options_strategy = st.fixed_dictionaries({"allow_v4_in_tcp6": st.booleans()})
+
+
+@given(st.one_of(wire.arbitrary_bytes, wire.mutated_headers()), options_strategy)
+def test_malformed_input_raises_only_parser_errors(data: bytes, options: dict[str, bool]) -> None:
+    # Its prefixes too: a reader shows parse() each of them on the way (the v1 ones in full).
+    for cut in range(min(len(data), 110)):
+        outcome(data[:cut], **options)
+    verdict = outcome(data, **options)
+    if verdict[0] == "ok":
+        assert gpp.parse(verdict[1].to_bytes(), **options) == verdict[1:]
+
+
+@given(
+    st.one_of(wire.arbitrary_bytes, wire.mutated_headers(), wire.wire_headers),
+    st.binary(min_size=1, max_size=64),
+    options_strategy,
+)
+def test_verdicts_hold_as_more_bytes_arrive(data: bytes, more: bytes, options: dict[str, bool]) -> None:
+    before = outcome(data, **options)
+    after = outcome(data + more, **options)
+    if before[0] == "ok":
+        assert after == before  # bytes after a header are never looked at
+    elif before[0] == "invalid":
+        assert after == before  # fail fast never takes a verdict back
+    else:
+        # `needed` more bytes are certainly header: fewer cannot complete it.
+        shorter = outcome(data + more[: before[1] - 1], **options)
+        assert shorter[0] != "ok"
+
+
+@given(wire.headers())
+def test_header_built_in_code_round_trips(built: gpp.ProxyHeader) -> None:
+    assert built.raw is None
+    data = built.to_bytes()
+    parsed, length = gpp.parse(data)
+    assert parsed == built and length == len(data)
+    assert parsed.to_bytes() == data
+    assert gpp.parse(data + TRAILING) == (parsed, length)
