@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import gevent
 import gevent.socket
-import gevent.subprocess
 import pytest
 
 from .conftest import REPO, TESTS, require_tool
@@ -51,7 +50,7 @@ def free_port() -> int:
 
 @dataclass
 class Running:
-    process: gevent.subprocess.Popen
+    process: subprocess.Popen  # type: ignore[type-arg]
     proxy_port: int
     plain_port: int = 0
     #: The line the program printed once listening.
@@ -63,13 +62,17 @@ class Running:
 @contextlib.contextmanager
 def running(command: list[str], proxy_port: int, plain_port: int = 0, ready: str = "ready") -> Iterator[Running]:
     """Run ``command`` until the block ends; it is ready when it prints a line starting with ``ready``."""
-    process = gevent.subprocess.Popen(
+    # The stdlib's Popen, not gevent.subprocess: gevent's installs a SIGCHLD
+    # handler for the rest of the session, after which the hub reaps every
+    # child and other tests' Popen.wait() report 0 whatever the exit status.
+    process = subprocess.Popen(
         command, cwd=str(REPO), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
     result = Running(process, proxy_port, plain_port)
     try:
-        with gevent.Timeout(10, AssertionError("the program did not get ready in 10 s")):
-            result.ready_line = process.stdout.readline().decode()
+        gevent.socket.wait_read(process.stdout.fileno(), timeout=10,
+                                timeout_exc=AssertionError("the program did not get ready in 10 s"))  # fmt: skip
+        result.ready_line = process.stdout.readline().decode()  # the program prints whole lines
         if not result.ready_line.startswith(ready):
             process.kill()
             raise AssertionError(f"not ready: {result.ready_line!r} {process.communicate(timeout=5)[1].decode()}")
@@ -394,7 +397,7 @@ def test_pywsgi_example_answers_curl_with_the_client_address() -> None:
     command = [sys.executable, "-m", "gevent_proxyproto.monkey", "--proxy-ports", str(port)]
     command += [str(REPO / "examples" / "pywsgi_app.py"), "--port", str(port)]
     with running(command, port, ready="pywsgi app on"):
-        curl = gevent.subprocess.run(
+        curl = subprocess.run(
             ["curl", "-sS", "--haproxy-protocol", "--max-time", "5", "-w", " local_port=%{local_port}",
              f"http://127.0.0.1:{port}/"],
             capture_output=True, timeout=10,
@@ -413,6 +416,6 @@ def test_legacy_socketserver_example() -> None:
         with connect(port, V2_TCP6 + b"hello\n") as client:
             assert read_line(client) == b"hello [2001:db8::7]:4242\n"
             assert read_line(client) == b"hello\n"
-        with gevent.Timeout(5):
-            line = program.process.stdout.readline()
+        gevent.socket.wait_read(program.process.stdout.fileno(), timeout=5)
+        line = program.process.stdout.readline()
         assert line == b"connection from [2001:db8::7]:4242\n"
