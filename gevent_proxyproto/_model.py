@@ -284,3 +284,37 @@ class ProxyHeader:
         from ._builder import encode  # the builder imports this module
 
         return encode(self)
+
+
+# The parsers build a header per connection. A frozen dataclass's __init__
+# sets each field through object.__setattr__ (about 0.8 us for eight); the
+# slots' own descriptors do the same work directly, for the same object.
+_new_object = object.__new__
+_SLOT_SETTERS = tuple(
+    ProxyHeader.__dict__[name].__set__
+    for name in ("version", "command", "family", "protocol", "source", "destination", "tlvs", "raw")
+)
+
+
+def new_header(
+    version: int,
+    command: Command,
+    family: socket.AddressFamily,
+    protocol: socket.SocketKind | None,
+    source: Address | None,
+    destination: Address | None,
+    tlvs: tuple[TLV, ...],
+    raw: bytes | None,
+) -> ProxyHeader:
+    """``ProxyHeader(...)`` for the parsers: the same frozen object, built faster."""
+    header: ProxyHeader = _new_object(ProxyHeader)
+    set_version, set_command, set_family, set_protocol, set_source, set_destination, set_tlvs, set_raw = _SLOT_SETTERS
+    set_version(header, version)
+    set_command(header, command)
+    set_family(header, family)
+    set_protocol(header, protocol)
+    set_source(header, source)
+    set_destination(header, destination)
+    set_tlvs(header, tlvs)
+    set_raw(header, raw)
+    return header

@@ -11,7 +11,7 @@ import re
 import socket
 
 from ._errors import IncompleteHeader, InvalidHeader, Reason
-from ._model import Command, ProxyHeader
+from ._model import Command, ProxyHeader, new_header
 
 #: Every v1 header starts with these bytes.
 SIGNATURE = b"PROXY "
@@ -27,8 +27,9 @@ _PORT = rb"(0|[1-9][0-9]{0,4})"
 # Candidate IPv6 text; inet_pton has the final word (it rejects zone ids too).
 _IPV6 = rb"[0-9A-Fa-f:.]{2,45}"
 
-_TCP4_LINE = re.compile(rb"TCP4 (" + _IPV4 + rb") (" + _IPV4 + rb") " + _PORT + rb" " + _PORT)
-_TCP6_LINE = re.compile(rb"TCP6 (" + _IPV6 + rb") (" + _IPV6 + rb") " + _PORT + rb" " + _PORT)
+# A whole TCP line, from byte 0 through its CRLF: one match() decides the common case.
+_TCP4_LINE = re.compile(rb"PROXY TCP4 (" + _IPV4 + rb") (" + _IPV4 + rb") " + _PORT + rb" " + _PORT + rb"\r\n")
+_TCP6_LINE = re.compile(rb"PROXY TCP6 (" + _IPV6 + rb") (" + _IPV6 + rb") " + _PORT + rb" " + _PORT + rb"\r\n")
 _IPV4_ONLY = re.compile(_IPV4)
 
 # Patterns for a field that is still arriving: every prefix of a valid value
@@ -42,7 +43,10 @@ _SIGNATURE_LENGTH = len(SIGNATURE)
 _CR = 0x0D
 _LF = 0x0A
 
-_UNKNOWN = (1, Command.PROXY, socket.AF_UNSPEC, None, None, None)
+_PROXY = Command.PROXY
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+_SOCK_STREAM = socket.SOCK_STREAM
 
 
 def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, int]:
@@ -60,6 +64,26 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, 
         InvalidHeader: the line can never be valid.
         IncompleteHeader: no CRLF yet and the bytes may still become valid.
     """
+    tcp6 = data[9:10] == b"6"  # "PROXY TCP6"
+    match = (_TCP6_LINE if tcp6 else _TCP4_LINE).match(data)
+    if match is None or match.end() > MAX_LENGTH:
+        return _parse_other_line(data)
+    source_host, destination_host, source_port, destination_port = match.groups()
+    length = match.end()
+    source: tuple[str, int]
+    destination: tuple[str, int]
+    if tcp6:
+        source = (_ipv6_text(source_host, allow_v4_in_tcp6), _port(source_port))
+        destination = (_ipv6_text(destination_host, allow_v4_in_tcp6), _port(destination_port))
+    else:
+        source = (source_host.decode("ascii"), _port(source_port))
+        destination = (destination_host.decode("ascii"), _port(destination_port))
+    family = _AF_INET6 if tcp6 else _AF_INET
+    return new_header(1, _PROXY, family, _SOCK_STREAM, source, destination, (), data[:length]), length
+
+
+def _parse_other_line(data: bytes) -> tuple[ProxyHeader, int]:
+    """Everything but a complete, well-formed TCP line: UNKNOWN, or an error."""
     # The CR must leave room for its LF within MAX_LENGTH bytes.
     end = data.find(b"\r", _SIGNATURE_LENGTH, MAX_LENGTH - 1)
     if end < 0 or end + 1 >= len(data) or data[end + 1] != _LF or data[:_SIGNATURE_LENGTH] != SIGNATURE:
@@ -68,25 +92,10 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, 
     length = end + 2
     if b"\n" in line:
         raise InvalidHeader(Reason.BAD_HDR, "v1 line has a lone LF")
-    match = _TCP4_LINE.fullmatch(line)
-    if match is not None:
-        source_host, destination_host, source_port, destination_port = match.groups()
-        family = socket.AF_INET
-        source = (source_host.decode("ascii"), _port(source_port))
-        destination = (destination_host.decode("ascii"), _port(destination_port))
-    else:
-        match = _TCP6_LINE.fullmatch(line)
-        if match is None:
-            if line == b"UNKNOWN" or line.startswith(b"UNKNOWN "):
-                # The rest of the line is ignored: use the real endpoints.
-                return ProxyHeader(*_UNKNOWN, (), bytes(data[:length])), length
-            raise InvalidHeader(Reason.BAD_HDR, f"v1 line is malformed: {_show(line)}")
-        source_host, destination_host, source_port, destination_port = match.groups()
-        family = socket.AF_INET6
-        source = (_ipv6_text(source_host, allow_v4_in_tcp6), _port(source_port))
-        destination = (_ipv6_text(destination_host, allow_v4_in_tcp6), _port(destination_port))
-    header = ProxyHeader(1, Command.PROXY, family, socket.SOCK_STREAM, source, destination, (), bytes(data[:length]))
-    return header, length
+    if line == b"UNKNOWN" or line.startswith(b"UNKNOWN "):
+        # The rest of the line is ignored: use the real endpoints.
+        return new_header(1, _PROXY, socket.AF_UNSPEC, None, None, None, (), data[:length]), length
+    raise InvalidHeader(Reason.BAD_HDR, f"v1 line is malformed: {_show(line)}")
 
 
 def _port(text: bytes) -> int:

@@ -13,13 +13,14 @@ from ._errors import IncompleteHeader, InvalidHeader, Reason
 from ._model import (
     AUTHORITY_MAX,
     CRC32C_SIZE,
+    SSL_FIXED_SIZE,
     TLV,
     UNIQUE_ID_MAX,
     Address,
     Command,
     ProxyHeader,
-    SSLInfo,
     TLVType,
+    new_header,
     split_tlvs,
 )
 
@@ -45,6 +46,13 @@ TRANSPORTS: dict[int, socket.SocketKind | None] = {
     0x2: socket.SOCK_DGRAM,
 }
 UNIX_PATH_SIZE = 108
+
+#: Byte 13 -> (family, address block size, protocol): one lookup per header.
+_FAMILY_TRANSPORT = {
+    family_nibble << 4 | transport_nibble: (family, block_size, protocol)
+    for family_nibble, (family, block_size) in FAMILIES.items()
+    for transport_nibble, protocol in TRANSPORTS.items()
+}
 
 _INET = struct.Struct("!4s4sHH")
 _INET6 = struct.Struct("!16s16sHH")
@@ -73,10 +81,14 @@ def parse_v2(data: bytes) -> tuple[ProxyHeader, int]:
     if data[:12] != SIGNATURE:
         raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: bad v2 signature")
     version_command = data[12]
-    family_transport = data[13]
-    _check_version_command(version_command)
-    family, block_size = _family(family_transport)
-    protocol = _transport(family_transport)
+    if version_command >> 4 != VERSION or version_command & 0x0F > 1:
+        _check_version_command(version_command)  # raises, naming the nibble
+    entry = _FAMILY_TRANSPORT.get(data[13])
+    if entry is None:
+        _family(data[13])  # raises for a bad family nibble,
+        _transport(data[13])  # else for the bad transport one
+        raise AssertionError("unreachable")  # pragma: no cover
+    family, block_size, protocol = entry
     command = _PROXY if version_command & 0x0F else _LOCAL
     body_length = data[14] << 8 | data[15]
     if command is _PROXY and body_length < block_size:
@@ -86,23 +98,23 @@ def parse_v2(data: bytes) -> tuple[ProxyHeader, int]:
     length = PREAMBLE_LENGTH + body_length
     if available < length:
         raise IncompleteHeader(length - available)
-    header = data if available == length and type(data) is bytes else bytes(data[:length])
+    header = data if available == length else data[:length]  # parse() hands us bytes
 
     if command is _LOCAL:
         # Addresses are ignored; TLVs sit at byte 16 (HAProxy, AWS NLB) or
         # after the family's block; bytes that frame at neither are ignored.
         tlvs = _lenient_tlvs(header, PREAMBLE_LENGTH, block_size)
-        return ProxyHeader(2, command, family, protocol, None, None, tlvs, header), length
+        return new_header(2, command, family, protocol, None, None, tlvs, header), length
     if block_size == 0:
         # PROXY with family UNSPEC: no block, real endpoints; treat the bytes
         # like LOCAL's (the spec lets the receiver ignore them).
         tlvs = _lenient_tlvs(header, PREAMBLE_LENGTH, 0)
-        return ProxyHeader(2, command, family, protocol, None, None, tlvs, header), length
+        return new_header(2, command, family, protocol, None, None, tlvs, header), length
 
-    tlvs = _checked_tlvs(header, PREAMBLE_LENGTH + block_size)
+    tlvs = () if length == PREAMBLE_LENGTH + block_size else _checked_tlvs(header, PREAMBLE_LENGTH + block_size)
     if protocol is None:
         # UNSPEC transport: keep the family's layout, use the real endpoints.
-        return ProxyHeader(2, command, family, protocol, None, None, tlvs, header), length
+        return new_header(2, command, family, protocol, None, None, tlvs, header), length
     source: Address
     destination: Address
     if family is _AF_INET:
@@ -116,7 +128,7 @@ def parse_v2(data: bytes) -> tuple[ProxyHeader, int]:
     else:
         source = _unix_path(header[PREAMBLE_LENGTH : PREAMBLE_LENGTH + UNIX_PATH_SIZE])
         destination = _unix_path(header[PREAMBLE_LENGTH + UNIX_PATH_SIZE : PREAMBLE_LENGTH + 2 * UNIX_PATH_SIZE])
-    return ProxyHeader(2, command, family, protocol, source, destination, tlvs, header), length
+    return new_header(2, command, family, protocol, source, destination, tlvs, header), length
 
 
 def _check_preamble_prefix(data: bytes) -> None:
@@ -209,25 +221,29 @@ def _check_tlvs(header: bytes, start: int, tlvs: tuple[TLV, ...]) -> None:
 
 def _check_tlv(header: bytes, tlv_type: int, value: bytes, position: int) -> None:
     size = len(value)
-    if tlv_type == TLVType.CRC32C:
+    if tlv_type == _CRC32C:
         if size != CRC32C_SIZE:
             raise InvalidHeader(Reason.BAD_HDR, f"v2 CRC32C TLV has {size} bytes, not 4")
         start = position + 3
-        zeroed = b"".join((header[:start], b"\0\0\0\0", header[start + 4 :]))
-        expected = crc32c(zeroed)
+        expected = crc32c(header[:start] + b"\0\0\0\0" + header[start + 4 :])
         if expected != int.from_bytes(value, "big"):
             raise InvalidHeader(Reason.CRC, f"v2 CRC32C mismatch: header says {value.hex()}, bytes give {expected:08x}")
-    elif tlv_type == TLVType.AUTHORITY:
+    elif tlv_type == _AUTHORITY:
         if size > AUTHORITY_MAX:
             raise InvalidHeader(Reason.BAD_HDR, f"v2 AUTHORITY TLV has {size} bytes, over {AUTHORITY_MAX}")
-    elif tlv_type == TLVType.UNIQUE_ID:
+    elif tlv_type == _UNIQUE_ID:
         if size > UNIQUE_ID_MAX:
             raise InvalidHeader(Reason.BAD_HDR, f"v2 UNIQUE_ID TLV has {size} bytes, over {UNIQUE_ID_MAX}")
-    elif tlv_type == TLVType.SSL:
-        if SSLInfo.from_value(value) is None:
+    elif tlv_type == _SSL:
+        if size < SSL_FIXED_SIZE or split_tlvs(value, SSL_FIXED_SIZE, size) is None:
             raise InvalidHeader(
                 Reason.BAD_HDR, "v2 SSL TLV is malformed (under 5 bytes, or sub-TLVs that do not frame)"
             )
 
 
-_CHECKED_TYPES = frozenset((TLVType.CRC32C, TLVType.AUTHORITY, TLVType.UNIQUE_ID, TLVType.SSL))
+# Plain ints: an IntEnum member lookup costs more than the comparison (bench/parse.py).
+_CRC32C = int(TLVType.CRC32C)
+_AUTHORITY = int(TLVType.AUTHORITY)
+_UNIQUE_ID = int(TLVType.UNIQUE_ID)
+_SSL = int(TLVType.SSL)
+_CHECKED_TYPES = frozenset((_CRC32C, _AUTHORITY, _UNIQUE_ID, _SSL))
