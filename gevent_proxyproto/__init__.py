@@ -20,6 +20,7 @@ from ._errors import (
 )
 from ._model import Address, Command, ProxyHeader, SSLClient, SSLInfo, SSLSubType, TLVType
 from ._parser import parse
+from ._sending import format_datagram
 from ._trust import TrustedProxies
 from ._version import __version__
 
@@ -38,6 +39,10 @@ _LAZY = {
     "TLSConfig": "._config",
     "load_config": "._config",
     "Dispatcher": "._dispatch",
+    "create_connection": "._client",
+    "ProxyRelay": "._relay",
+    "ProxyDatagramServer": "._udp",
+    "ProxiedAddress": "._udp",
 }
 
 
@@ -60,9 +65,12 @@ __all__ = [
     "HeaderTimeout",
     "IncompleteHeader",
     "InvalidHeader",
+    "ProxiedAddress",
+    "ProxyDatagramServer",
     "ProxyHeader",
     "ProxyPolicy",
     "ProxyProtocolError",
+    "ProxyRelay",
     "ProxySSLSocket",
     "ProxySocket",
     "ProxyStreamServer",
@@ -79,6 +87,8 @@ __all__ = [
     "build_v1",
     "build_v2",
     "crc32c",
+    "create_connection",
+    "format_datagram",
     "load_config",
     "parse",
     "read_header",

@@ -1,13 +1,15 @@
-"""The command line: ``gevent-proxyproto serve`` and ``gevent-proxyproto check``.
+"""The command line: ``gevent-proxyproto serve``, ``check`` and ``forward``.
 
 Also ``python -m gevent_proxyproto``. ``serve`` monkey-patches the process
 (``gevent.monkey.patch_all()``) before it imports anything else, because the
 handlers it loads are legacy blocking code; so the gevent-using modules are
-imported inside the functions, after the patch.
+imported inside the functions, after the patch. ``forward`` loads no code but
+its own, which uses gevent sockets explicitly: it does not patch.
 """
 
 import argparse
 import logging
+import re
 import sys
 from typing import Any
 
@@ -59,11 +61,71 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config_file", nargs="?", metavar="FILE")
     check.add_argument("--config", metavar="FILE")
     check.add_argument("--log-level", default="WARNING", type=str.upper)
+    forward = commands.add_parser(
+        "forward",
+        help="relay plain TCP connections to a PROXY port, each with a header carrying the client's address",
+    )
+    forward.add_argument("--listen", required=True, type=_host_port, metavar="HOST:PORT",
+                         help="where clients connect ([::1]:PORT for IPv6)")  # fmt: skip
+    forward.add_argument("--to", required=True, type=_host_port, metavar="HOST:PORT", dest="upstream",
+                         help="the PROXY port to forward to")  # fmt: skip
+    forward.add_argument("--proxy-protocol", choices=("v1", "v2"), default="v2", help="header version (default v2)")
+    forward.add_argument("--crc32c", action="store_true", help="add a CRC32C TLV (v2), first as HAProxy does")
+    forward.add_argument("--tlv", action="append", default=[], type=_tlv, metavar="TYPE=HEX",
+                         help="add a TLV (v2): TYPE decimal or 0xNN, the value in hex; repeatable, sent in order")  # fmt: skip
+    forward.add_argument("--connect-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                         help="to connect to the upstream (default 5)")  # fmt: skip
+    forward.add_argument("--grace-period", type=_seconds, default=10.0, metavar="SECONDS",
+                         help="open connections get this long after SIGTERM/SIGINT (default 10)")  # fmt: skip
+    forward.add_argument(
+        "--log-level", default="INFO", type=str.upper, help="DEBUG shows each connection (default INFO)"
+    )
     return parser
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPV6]:PORT``; for argparse."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets: [{host}]:{port}")
+    if not colon or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
+    return host, int(port)
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds; for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
+#: ``--tlv TYPE=HEX``: TYPE decimal or 0xNN, the value as pairs of hex digits (maybe none).
+_TLV_ARGUMENT = re.compile(r"(?:0[xX](?P<hex>[0-9a-fA-F]{1,2})|(?P<decimal>[0-9]{1,3}))=(?P<value>(?:[0-9a-fA-F]{2})*)")
+
+
+def _tlv(text: str) -> tuple[int, bytes]:
+    """``TYPE=HEX``; for argparse."""
+    match = _TLV_ARGUMENT.fullmatch(text)
+    tlv_type = -1 if match is None else int(match["hex"], 16) if match["hex"] else int(match["decimal"])
+    if match is None or tlv_type > 0xFF:
+        raise argparse.ArgumentTypeError(f"not TYPE=HEX with TYPE 0..255 (or 0x00..0xFF) and a hex value: {text!r}")
+    if tlv_type == 0x03:
+        raise argparse.ArgumentTypeError("TLV 0x03 is CRC32C: use --crc32c, which computes it")
+    return tlv_type, bytes.fromhex(match["value"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "forward" and args.proxy_protocol == "v1" and (args.tlv or args.crc32c):
+        parser.error("--tlv and --crc32c need --proxy-protocol v2: a v1 header carries no TLVs")
     if args.command == "serve":
         # First of all: the handlers are blocking code, and modules imported
         # before the patch (threading, ssl) would not cooperate.
@@ -77,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "check":
         return _check(args.config or args.config_file)
+    if args.command == "forward":
+        return _forward(args)
     return _serve(args.config, args.workers)
 
 
@@ -124,6 +188,35 @@ def _serve(path: str | None, workers: int) -> int:
     except (ConfigError, StartupError) as error:
         print(f"gevent-proxyproto: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _forward(args: argparse.Namespace) -> int:
+    from ._relay import ProxyRelay
+    from ._socket import describe_peer
+
+    try:
+        relay = ProxyRelay(
+            args.listen,
+            args.upstream,
+            version=int(args.proxy_protocol[1:]),
+            tlvs=args.tlv,
+            crc32c=args.crc32c,
+            connect_timeout=args.connect_timeout,
+        )
+    except ValueError as error:  # e.g. TLVs over the 65535 bytes a v2 header holds
+        print(f"gevent-proxyproto: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        relay.start()
+    except OSError as error:
+        print(f"gevent-proxyproto: error: cannot listen on {describe_peer(args.listen)}: {error.strerror or error}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    options = (["crc32c"] if args.crc32c else []) + [f"TLV 0x{tlv_type:02x}" for tlv_type, _ in args.tlv]
+    print(f"forwarding {describe_peer(relay.address)} -> {describe_peer(args.upstream)} "
+          f"with PROXY {', '.join([args.proxy_protocol, *options])}", flush=True)  # fmt: skip
+    relay.serve_until_signal(args.grace_period)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""ProxyRelay: accept plain TCP connections and forward each to a PROXY port, header first.
+
+The sending side of what :class:`ProxyStreamServer` receives, and the engine of
+``gevent-proxyproto forward``: for each client it connects to the upstream,
+sends the header (the client's address as source, the address the client
+connected to as destination, as HAProxy does) in one ``sendall`` with nothing
+else, then copies both directions until both have ended. An end of stream on
+one side is passed on as a half-close (``shutdown(SHUT_WR)``) and the other
+direction keeps going; an error on either side ends both.
+"""
+
+import logging
+import signal
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import gevent
+import gevent.pool
+import gevent.socket
+from gevent.server import StreamServer
+
+from ._sending import header_for
+from ._socket import describe_peer
+
+log = logging.getLogger("gevent_proxyproto")
+
+#: Seconds to connect to the upstream (HAProxy's ``timeout connect``).
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds open connections get after SIGTERM/SIGINT (as ``serve``'s ``grace_period``).
+DEFAULT_GRACE_PERIOD = 10.0
+#: Bytes read at once in each direction.
+_CHUNK = 65536
+
+
+class ProxyRelay(StreamServer):  # type: ignore[misc]
+    """A :class:`gevent.server.StreamServer` that forwards every connection to a PROXY port.
+
+    Args:
+        listener: where clients connect: ``(host, port)`` or a listening socket.
+        upstream: the PROXY port's ``(host, port)``; a host name is resolved
+            for each connection.
+        version: 1 or 2.
+        tlvs: ``(type, value)`` pairs (v2), sent in this order after the
+            CRC32C TLV.
+        crc32c: add a CRC32C TLV (v2), first, as HAProxy does.
+        connect_timeout: seconds to connect to the upstream.
+        backlog: as for StreamServer.
+
+    Raises:
+        ValueError: a bad version or TLV, or TLVs for v1 (before anything listens).
+    """
+
+    def __init__(
+        self,
+        listener: Any,
+        upstream: tuple[str, int],
+        *,
+        version: int = 2,
+        tlvs: Iterable[tuple[int, bytes]] = (),
+        crc32c: bool = False,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        backlog: int | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.version = version
+        self.tlvs = tuple((tlv_type, bytes(value)) for tlv_type, value in tlvs)
+        self.crc32c = crc32c
+        self.connect_timeout = connect_timeout
+        # Options fail here, not on the first client.
+        header_for(version, ("192.0.2.1", 1), ("192.0.2.2", 2), tlvs=self.tlvs, crc32c=crc32c)
+        #: Every relayed connection's greenlet: what :meth:`stop` waits for.
+        self.connections = gevent.pool.Pool()
+        #: Connections closed because the upstream could not be reached.
+        self.upstream_failures = 0
+        super().__init__(listener, self.relay, backlog=backlog, spawn=self.connections)
+
+    def header(self, client: tuple[Any, ...], local: tuple[Any, ...]) -> bytes:
+        """The header for a client at ``client`` that connected to ``local``."""
+        return header_for(self.version, client, local, tlvs=self.tlvs, crc32c=self.crc32c)
+
+    def relay(self, client: Any, address: Any) -> None:
+        """Relay one accepted connection (the handler; the server closes ``client`` after it)."""
+        try:
+            header = self.header(address, client.getsockname())
+        except (OSError, ValueError) as error:  # reset already; or an address a header cannot carry
+            log.warning("connection from %s not relayed: %s", describe_peer(address), error)
+            return
+        try:
+            upstream = gevent.socket.create_connection(self.upstream, timeout=self.connect_timeout)
+        except OSError as error:
+            self.upstream_failures += 1
+            log.warning("cannot reach upstream %s for %s: %s", _describe(self.upstream), describe_peer(address),
+                        error.strerror or error)  # fmt: skip
+            return
+        with upstream:
+            upstream.settimeout(None)
+            try:
+                # A relay adds no delay of its own: each chunk goes out as it came in.
+                for sock in (client, upstream):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                upstream.sendall(header)  # the header alone, before any byte of the client's
+            except OSError as error:
+                log.debug("connection from %s ended before the header was sent: %s", describe_peer(address), error)
+                return
+            log.debug("relaying %s to %s", describe_peer(address), _describe(self.upstream))
+            pumps = [gevent.spawn(_pump, client, upstream), gevent.spawn(_pump, upstream, client)]
+            try:
+                for finished in gevent.iwait(pumps):
+                    if finished.value is not None:  # an error: end both directions
+                        log.debug("connection from %s ended: %s", describe_peer(address), finished.value)
+                        break
+            finally:
+                gevent.killall(pumps)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, give open connections ``timeout`` seconds (default :attr:`stop_timeout`), then end them."""
+        self.close()
+        if timeout is None:
+            timeout = self.stop_timeout
+        if not self.connections.join(timeout=timeout):
+            log.warning("%d connection(s) still open after the grace period: closing them", len(self.connections))
+            self.connections.kill(timeout=1)
+
+    def serve_until_signal(self, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
+        """Start, serve until SIGTERM or SIGINT (or :meth:`stop`), then shut down gracefully.
+
+        On the first signal the relay stops accepting and open connections get
+        ``grace_period`` seconds to finish; a second signal ends them at once.
+        """
+        if not self.started:
+            self.start()
+        stopping: list[gevent.Greenlet] = []
+
+        def on_signal(number: int) -> None:
+            if stopping:
+                log.info("%s again: closing %d open connection(s) now", signal.Signals(number).name,
+                         len(self.connections))  # fmt: skip
+                self.connections.kill(block=False)
+                return
+            log.info("%s: no longer accepting; open connections have %.1f s", signal.Signals(number).name,
+                     grace_period)  # fmt: skip
+            stopping.append(gevent.spawn(self.stop, grace_period))
+
+        handlers = [gevent.signal_handler(number, on_signal, number) for number in (signal.SIGTERM, signal.SIGINT)]
+        try:
+            self._stop_event.wait()  # set by close(), as BaseServer.serve_forever waits
+            for stopper in stopping:
+                stopper.join()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+
+
+def _pump(source: Any, sink: Any) -> str | None:
+    """Copy ``source`` to ``sink`` until end of stream, then half-close ``sink``.
+
+    Returns None, or what went wrong (a text: an exception kept as a greenlet's
+    value would hold its traceback and frames alive).
+    """
+    try:
+        while True:
+            data = source.recv(_CHUNK)
+            if not data:
+                break
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError as error:
+        return str(error.strerror or error)
+    return None
+
+
+def _describe(address: Any) -> str:
+    return describe_peer(tuple(address)) if isinstance(address, (tuple, list)) else str(address)
+
+
+__all__ = ["ProxyRelay"]

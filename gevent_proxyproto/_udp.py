@@ -1,0 +1,210 @@
+"""ProxyDatagramServer: a gevent DatagramServer for PROXY v2 over UDP.
+
+Every datagram carries its own v2 header (SPEC.md section 3, DGRAM), parsed on
+its own: nothing waits for more bytes, and a datagram whose header is
+incomplete, invalid or from an untrusted sender is dropped and counted. Parsing
+runs in ``do_read`` (in the hub: it never blocks), so a dropped datagram costs
+no greenlet. The handler gets the payload and the client's address, which also
+carries the proxy's real address: :meth:`ProxyDatagramServer.sendto` sends the
+replies there, and the proxy passes them back to its client.
+"""
+
+import logging
+import socket as _stdlib_socket
+import time
+from collections import Counter
+from typing import Any
+
+from gevent.server import DatagramServer
+
+from ._errors import InvalidHeader, ProxyProtocolError, Reason
+from ._model import Command, ProxyHeader
+from ._parser import parse
+from ._socket import UNTRUSTED_DIRECT, ProxyPolicy, _ip_shape, describe_peer
+
+log = logging.getLogger("gevent_proxyproto")
+
+#: The receive buffer: the largest UDP payload (65507 bytes over IPv4, 65527
+#: over IPv6) fits, so no datagram is ever cut short by the read.
+MAX_DATAGRAM_SIZE = 65535
+#: Datagrams dropped in one wake-up before ``do_read`` yields to the event
+#: loop: a flood of bad datagrams must not starve the other greenlets.
+_DROPS_PER_READ = 64
+#: A drop is logged at WARNING at most once per reason in this many seconds
+#: (the first one at once); the others at DEBUG. Every one is counted.
+DEFAULT_WARNING_INTERVAL = 60.0
+
+_POLICY_FIELDS = ("trusted_proxies", "header_timeout", "max_header_size", "untrusted", "allow_v4_in_tcp6")
+_LOCAL = Command.LOCAL
+_SOCK_STREAM = _stdlib_socket.SOCK_STREAM
+_AF_UNIX = _stdlib_socket.AF_UNIX
+
+
+class ProxiedAddress(tuple):  # type: ignore[type-arg]
+    """A datagram's client address, as the header gives it, that remembers the proxy.
+
+    It is the client's address in the socket module's shape (``(host, port)``,
+    or ``(host, port, 0, 0)`` for IPv6) and compares, hashes and prints as that
+    tuple; :meth:`ProxyDatagramServer.sendto` sends to :attr:`real_peer`.
+    For a LOCAL datagram (a health check), a header in UNSPEC mode or a direct
+    sender, it is the real sender's address.
+    """
+
+    #: The real sender of the datagram: the proxy (or a direct sender).
+    real_peer: Any
+    #: The datagram's parsed header; None for a direct sender (``untrusted="direct"``).
+    proxy_header: ProxyHeader | None
+
+    def __new__(cls, address: Any, real_peer: Any, proxy_header: ProxyHeader | None) -> "ProxiedAddress":
+        self = super().__new__(cls, address)
+        self.real_peer = real_peer
+        self.proxy_header = proxy_header
+        return self
+
+    def __reduce__(self) -> Any:
+        return (type(self), (tuple(self), self.real_peer, self.proxy_header))
+
+
+def parse_datagram(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, int]:
+    """Parse the v2 header at the start of one datagram, which must hold all of it.
+
+    Returns:
+        ``(header, length)``: the payload is ``data[length:]``.
+
+    Raises:
+        IncompleteHeader: the datagram ends inside its header (reason
+            ``TRUNCATED``): it will never get the missing bytes, drop it.
+        InvalidHeader: an invalid header; or a v1 header (v1 is TCP only) or a
+            PROXY header with transport STREAM (it describes a TCP
+            connection): ``BAD_PROTO``.
+    """
+    header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6)
+    if header.version != 2:
+        raise InvalidHeader(Reason.BAD_PROTO, "a v1 header on a UDP datagram: v1 describes TCP only")
+    if header.command != _LOCAL and header.protocol == _SOCK_STREAM:
+        raise InvalidHeader(Reason.BAD_PROTO, "a PROXY header with transport STREAM on a UDP datagram")
+    return header, length
+
+
+class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
+    """A :class:`gevent.server.DatagramServer` whose datagrams each start with a PROXY v2 header.
+
+    ``handle(payload, address)`` gets the payload after the header and a
+    :class:`ProxiedAddress`: the client's address from the header (the real
+    sender's for LOCAL datagrams and UNSPEC mode). Reply with
+    ``server.sendto(reply, address)``: it goes to the proxy's real address,
+    without a header, and the proxy maps it back to its client.
+
+    Dropped (never handled) and counted in :attr:`failures`: datagrams from
+    senders not in ``trusted_proxies`` (``UNTRUSTED``), datagrams that end
+    inside their header (``TRUNCATED``), invalid headers (``NOT_HDR``,
+    ``BAD_HDR``, ``BAD_PROTO``, ``CRC``), v1 headers and PROXY headers with
+    transport STREAM (``BAD_PROTO``), headers over ``max_header_size``
+    (``BAD_HDR``), and AF_UNIX addresses (``BAD_PROTO``: a reply could not be
+    addressed). Transport DGRAM and UNSPEC are accepted.
+
+    Args:
+        listener, handle, spawn: as for DatagramServer.
+        policy: a :class:`ProxyPolicy`; or its fields as keyword arguments:
+            ``trusted_proxies`` (default loopback only), ``untrusted``
+            (``"direct"``: datagrams from other senders carry no header and
+            are handled with their real address), ``max_header_size``,
+            ``allow_v4_in_tcp6``. ``header_timeout`` has no use here: a
+            datagram's header is complete or never.
+    """
+
+    #: Seconds between two WARNING lines about drops of the same reason.
+    warning_interval = DEFAULT_WARNING_INTERVAL
+
+    def __init__(
+        self, listener: Any, handle: Any = None, spawn: Any = "default", *, policy: ProxyPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        policy_fields = {name: kwargs.pop(name) for name in _POLICY_FIELDS if name in kwargs}
+        if policy is not None and policy_fields:
+            raise TypeError(f"give policy= or its fields, not both: {sorted(policy_fields)}")
+        #: How this server treats its datagrams.
+        self.policy = policy if policy is not None else ProxyPolicy(**policy_fields)
+        #: Dropped datagrams, by :class:`Reason`.
+        self.failures: Counter[Reason] = Counter()
+        self._warned: dict[Reason, tuple[float, int]] = {}
+        self._buffer = bytearray(MAX_DATAGRAM_SIZE)
+        self._view = memoryview(self._buffer)
+        self._where = "?"
+        super().__init__(listener, handle=handle, spawn=spawn, **kwargs)
+
+    def init_socket(self) -> None:
+        super().init_socket()
+        self._where = describe_peer(self.address)
+
+    def do_read(self) -> tuple[bytes, ProxiedAddress] | None:
+        # Runs in the hub: never blocks. Reads until a datagram is accepted,
+        # the socket is drained, or _DROPS_PER_READ were dropped.
+        receive = self._socket.recvfrom_into
+        for _ in range(_DROPS_PER_READ):
+            try:
+                size, real_peer = receive(self._buffer)
+            except BlockingIOError:
+                return None
+            accepted = self._accept(self._view[:size].tobytes(), real_peer)
+            if accepted is not None:
+                return accepted
+        return None
+
+    def _accept(self, data: bytes, real_peer: Any) -> tuple[bytes, ProxiedAddress] | None:
+        policy = self.policy
+        if real_peer not in policy.trusted:
+            if policy.untrusted == UNTRUSTED_DIRECT:
+                return data, ProxiedAddress(real_peer, real_peer, None)
+            self._drop(Reason.UNTRUSTED, "the sender is not in trusted_proxies", real_peer)
+            return None
+        try:
+            header, length = parse_datagram(data, policy.allow_v4_in_tcp6)
+        except ProxyProtocolError as error:  # IncompleteHeader's reason is TRUNCATED
+            message = "the datagram ends inside its header" if error.reason is Reason.TRUNCATED else error.message
+            self._drop(error.reason, message, real_peer)
+            return None
+        if length > policy.max_header_size:
+            self._drop(Reason.BAD_HDR, f"header over {policy.max_header_size} bytes ({length})", real_peer)
+            return None
+        source = header.source
+        if header.command == _LOCAL or source is None:  # a health check, or UNSPEC mode: the real sender
+            address = ProxiedAddress(real_peer, real_peer, header)
+        elif header.family == _AF_UNIX:
+            self._drop(Reason.BAD_PROTO, "AF_UNIX addresses on a UDP datagram", real_peer)
+            return None
+        else:
+            address = ProxiedAddress(_ip_shape(header.family, source), real_peer, header)
+        return data[length:], address
+
+    def _drop(self, reason: Reason, message: str, real_peer: Any) -> None:
+        failures = self.failures
+        failures[reason] += 1
+        # A flood must not flood the log: one WARNING per reason per interval.
+        now = time.monotonic()
+        last = self._warned.get(reason)
+        if last is None or now - last[0] >= self.warning_interval:
+            unlogged = failures[reason] - 1 - (last[1] if last is not None else 0)
+            self._warned[reason] = (now, failures[reason])
+            since = f"; {unlogged} more since the last warning" if unlogged else ""
+            log.warning("UDP datagram dropped from %s on %s: %s: %s (every drop is counted in failures; "
+                        "at most one warning per reason every %.0f s%s)", describe_peer(real_peer), self._where,
+                        reason.value, message, self.warning_interval, since)  # fmt: skip
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("UDP datagram dropped from %s on %s: %s: %s", describe_peer(real_peer), self._where,
+                      reason.value, message)  # fmt: skip
+
+    def sendto(self, data: bytes, *args: Any) -> None:
+        """Send a datagram; to a :class:`ProxiedAddress`, it goes to the proxy's real address.
+
+        Args:
+            data: the reply, sent as it is (no PROXY header).
+            args: ``address`` or ``flags, address``, as for ``socket.sendto``.
+        """
+        address = args[-1]
+        if isinstance(address, ProxiedAddress):
+            args = (*args[:-1], address.real_peer)
+        super().sendto(data, *args)
+
+
+__all__ = ["ProxiedAddress", "ProxyDatagramServer", "parse_datagram"]
