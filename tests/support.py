@@ -11,6 +11,7 @@ from typing import Any
 
 import gevent
 import gevent.socket
+import pytest
 
 import gevent_proxyproto as gpp
 
@@ -151,3 +152,16 @@ def is_listening(port: int) -> bool:
         except FileNotFoundError:
             continue
     return False
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ``::1`` can be bound here (some containers have no IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")

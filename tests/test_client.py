@@ -12,22 +12,10 @@ import pytest
 import gevent_proxyproto as gpp
 from gevent_proxyproto._sending import header_for
 
-from .support import Recorder, read_all, read_line, serving
+from .support import Recorder, needs_ipv6, read_all, read_line, serving
 
 CLIENT = ("203.0.113.7", 4242)
 FRONTEND = ("192.0.2.1", 443)
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 
 
 @contextlib.contextmanager

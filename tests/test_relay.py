@@ -21,19 +21,7 @@ import gevent_proxyproto as gpp
 from gevent_proxyproto._sending import header_for
 
 from .conftest import REPO
-from .support import Recorder, is_listening, open_fds, read_all, read_line, serving, wait_until
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+from .support import Recorder, is_listening, needs_ipv6, open_fds, read_all, read_line, serving, wait_until
 
 
 @contextlib.contextmanager

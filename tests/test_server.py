@@ -21,6 +21,7 @@ from .support import (
     Recorder,
     client_tls_context,
     connect,
+    has_ipv6_loopback,
     live_greenlets,
     make_certificate,
     open_fds,
@@ -39,16 +40,7 @@ HEADERS = {
 }
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-LISTENERS = [("127.0.0.1", 0)] + ([("::1", 0)] if _has_ipv6_loopback() else [])
+LISTENERS = [("127.0.0.1", 0)] + ([("::1", 0)] if has_ipv6_loopback() else [])
 
 
 @pytest.mark.parametrize("listener", LISTENERS, ids=lambda address: address[0])

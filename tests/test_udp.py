@@ -20,22 +20,10 @@ import pytest
 import gevent_proxyproto as gpp
 
 from .conftest import REPO
-from .support import wait_until
+from .support import needs_ipv6, wait_until
 
 CLIENT = ("203.0.113.7", 4242)
 SERVICE = ("192.0.2.1", 53)
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 
 
 class EchoRecorder:

@@ -20,7 +20,7 @@ import pytest
 import gevent_proxyproto as gpp
 
 from ..conftest import require_tool
-from ..support import Recorder
+from ..support import Recorder, has_ipv6_loopback
 from .peers import (
     NGINX_STREAM_MODULE,
     Certificates,
@@ -28,7 +28,6 @@ from .peers import (
     HAProxy,
     Nginx,
     Sender,
-    has_ipv6_loopback,
     launch,
     make_certificates,
     which,

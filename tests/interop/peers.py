@@ -41,15 +41,6 @@ def which(name: str) -> str | None:
     return shutil.which(name, path=SEARCH_PATH)
 
 
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """A loopback address and port, spelled for each config language."""

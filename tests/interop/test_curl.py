@@ -5,11 +5,11 @@ from typing import Any
 
 import pytest
 
-from .peers import expected_address, has_ipv6_loopback, run
+from ..support import needs_ipv6
+from .peers import expected_address, run
 
 pytestmark = pytest.mark.interop
 
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 LOOPBACKS = [pytest.param("127.0.0.1", id="ipv4"), pytest.param("::1", id="ipv6", marks=needs_ipv6)]
 
 

@@ -13,13 +13,12 @@ import pytest
 
 import gevent_proxyproto as gpp
 
-from ..support import wait_until
+from ..support import needs_ipv6, wait_until
 from .conftest import Backend
-from .peers import Certificates, Endpoint, HAProxy, exchange, expected_address, has_ipv6_loopback
+from .peers import Certificates, Endpoint, HAProxy, exchange, expected_address
 
 pytestmark = pytest.mark.interop
 
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 LOOPBACKS = [pytest.param("127.0.0.1", id="ipv4"), pytest.param("::1", id="ipv6", marks=needs_ipv6)]
 SEND_PROXY = {1: "send-proxy", 2: "send-proxy-v2"}
 #: REAL-PEERS.md's format; ``+X`` writes every field in hex.

@@ -17,12 +17,11 @@ import pytest
 import gevent_proxyproto as gpp
 from gevent_proxyproto._sending import header_for
 
-from ..support import is_listening, wait_until
-from .peers import HAProxy, exchange, has_ipv6_loopback
+from ..support import is_listening, needs_ipv6, wait_until
+from .peers import HAProxy, exchange
 
 pytestmark = pytest.mark.interop
 
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 V2_CRC = "send-proxy-v2 proxy-v2-options crc32c"
 #: name: (frontend host, bind options, server options, header_for options)
 CASES = {

@@ -11,12 +11,11 @@ import pytest
 
 import gevent_proxyproto as gpp
 
-from ..support import read_all, read_line, wait_until
-from .peers import Nginx, exchange, expected_address, has_ipv6_loopback
+from ..support import needs_ipv6, read_all, read_line, wait_until
+from .peers import Nginx, exchange, expected_address
 
 pytestmark = pytest.mark.interop
 
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 LOOPBACKS = [pytest.param("127.0.0.1", id="ipv4"), pytest.param("::1", id="ipv6", marks=needs_ipv6)]
 
 
