@@ -128,12 +128,12 @@ def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> A
     # already have reset the connection.
     address = client.getpeername() if header is not None and header.source is not None else real_peer
     if server.ssl_args is None:
-        return _call_handler(server, client, address, _is_health_check(header, real_peer))
+        return _call_handler(server, client, address, header, real_peer)
     tls = _tls_handshake(server, client, real_peer, deadline)
     if tls is None:
         return None
     with tls:
-        return _call_handler(server, tls, address, _is_health_check(header, real_peer))
+        return _call_handler(server, tls, address, header, real_peer)
 
 
 def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
@@ -159,13 +159,13 @@ def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: f
     return tls
 
 
-def _call_handler(server: Any, sock: Any, address: Any, health_check: bool) -> Any:
+def _call_handler(server: Any, sock: Any, address: Any, header: ProxyHeader | None, real_peer: Any) -> Any:
     try:
         return server.handle(sock, address)
     except OSError as error:
         # A proxy's health check hangs up or resets once it has its
         # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
-        if health_check:
+        if _is_health_check(header, real_peer):  # only worth working out here
             log.debug("health check from %s on %s ended: %s", describe_peer(address), server._where, error)
             return None
         raise

@@ -55,6 +55,7 @@ DEFAULT_MAX_PENDING = 1024
 _PEEK_SIZE = 512
 _MSG_PEEK = _stdlib_socket.MSG_PEEK
 _monotonic = time.monotonic
+_AF_INET6 = _stdlib_socket.AF_INET6
 
 #: What the ``untrusted`` policy may say about a source not in trusted_proxies.
 UNTRUSTED_REJECT = "reject"
@@ -121,7 +122,8 @@ def read_header(
     Raises:
         InvalidHeader, HeaderTimeout, ConnectionClosed.
     """
-    received = b""
+    received = b""  # consumed: header bytes
+    peeked = b""  # seen but not consumed yet
     saved_timeout = sock.timeout
     try:
         peeked = _peek(sock, deadline)
@@ -130,27 +132,37 @@ def read_header(
             try:
                 header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6)
             except IncompleteHeader as incomplete:
-                # Everything seen so far, and `needed` more, is header: consume it.
-                known = len(data) + incomplete.needed
-                if known > max_header_size:
-                    raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})") from None
-                received += _recv_exactly(sock, known - len(received), deadline)
-                # A v2 header's size is known from its preamble: exact reads
-                # only. A v1 line ends at its CRLF: peek again to find it.
-                peeked = b"" if data[0] == 0x0D else _peek(sock, deadline)
-                continue
-            if length > len(received):
-                _recv_exactly(sock, length - len(received), deadline)
-            return header
+                needed = incomplete.needed
+            else:
+                if length > len(received):
+                    _recv_exactly(sock, length - len(received), deadline)  # peeked: already there
+                return header
+            # Out of the except block before any wait: a greenlet blocked in
+            # there would keep the exception, its traceback and the parser's
+            # frames alive for as long as the client takes.
+            known = len(data) + needed
+            if known > max_header_size:
+                raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})")
+            if peeked or data[0] == 0x0D:
+                # Everything seen, and `needed` more, is header: consume what
+                # has arrived of it (v2 waits here for the rest of a header
+                # whose size it knows), then parse it before waiting again:
+                # the bytes read may end the header, or make it invalid.
+                received += _recv_some(sock, known - len(received), deadline)
+                peeked = b""
+                if len(received) > len(data) or data[0] == 0x0D:
+                    continue
+            # v1, everything seen consumed and no verdict: wait for more, look.
+            peeked = _peek(sock, deadline)
     except TimeoutError:
         raise HeaderTimeout() from None
     except ConnectionClosed as closed:
-        if not received and closed.reason is Reason.ABORT:
+        if not (received or peeked) and closed.reason is Reason.ABORT:
             raise ConnectionClosed(Reason.EMPTY, "closed before sending any byte") from None
         raise
     except OSError as error:
         raise ConnectionClosed(
-            Reason.ABORT if received else Reason.EMPTY, f"connection failed: {error.strerror or error}"
+            Reason.ABORT if received or peeked else Reason.EMPTY, f"connection failed: {error.strerror or error}"
         ) from None
     finally:
         sock.timeout = saved_timeout
@@ -163,28 +175,42 @@ def _wait_budget(deadline: float) -> float:
     return remaining
 
 
+def _recv(sock: Any, size: int, flags: int, deadline: float) -> bytes:
+    """One recv: at once when bytes are there (the usual case), else wait for them until the deadline."""
+    try:
+        # The kernel socket under the gevent one (non-blocking): no timeout
+        # to set, no wait, for bytes that have already arrived.
+        return sock._sock.recv(size, flags)  # type: ignore[no-any-return]
+    except BlockingIOError:
+        sock.timeout = _wait_budget(deadline)
+        return sock.recv(size, flags)  # type: ignore[no-any-return]
+
+
 def _peek(sock: Any, deadline: float) -> bytes:
-    sock.timeout = _wait_budget(deadline)
-    peeked: bytes = sock.recv(_PEEK_SIZE, _MSG_PEEK)
+    peeked = _recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline)
     if not peeked:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
     return peeked
 
 
+def _recv_some(sock: Any, count: int, deadline: float) -> bytes:
+    """At least one byte and at most ``count``: what has arrived (waiting for one if none has)."""
+    chunk = _recv(sock, count, 0, deadline)
+    if not chunk:
+        raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
+    return chunk
+
+
 def _recv_exactly(sock: Any, count: int, deadline: float) -> bytes:
-    sock.timeout = _wait_budget(deadline)
-    chunk: bytes = sock.recv(count)
+    chunk = _recv_some(sock, count, deadline)
     if len(chunk) == count:
         return chunk
     chunks = [chunk]
     missing = count - len(chunk)
-    while chunk and missing:
-        sock.timeout = _wait_budget(deadline)
-        chunk = sock.recv(missing)
+    while missing:
+        chunk = _recv_some(sock, missing, deadline)
         chunks.append(chunk)
         missing -= len(chunk)
-    if missing:
-        raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
     return b"".join(chunks)
 
 
@@ -299,9 +325,15 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
     def adopt(self, header: ProxyHeader) -> None:
         """Report ``header``'s addresses from now on (no I/O)."""
         self.proxy_header = header
-        if header.source is not None and header.destination is not None:
-            self._peer = _ip_shape(header.family, header.source)
-            self._local = _ip_shape(header.family, header.destination)
+        peer: Any = header.source
+        local: Any = header.destination
+        if peer is None or local is None:
+            return
+        if header.family == _AF_INET6 and isinstance(peer, tuple) and isinstance(local, tuple):
+            # The socket module's shape for AF_INET6 addresses (what _ip_shape does, inline).
+            peer, local = (peer[0], peer[1], 0, 0), (local[0], local[1], 0, 0)
+        self._peer = peer
+        self._local = local
 
     # -- a listener -----------------------------------------------------------
 
