@@ -106,6 +106,8 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
+from _common import summarize  # bench/ is on sys.path when a script here runs
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 #: What follows the header on the stream: the client's first bytes.
@@ -317,19 +319,6 @@ def calibrate(timer: timeit.Timer, round_seconds: float) -> int:
         if elapsed >= 0.005:
             return max(1, int(number * round_seconds / elapsed))
         number *= 4
-
-
-def summarize(values: list[float]) -> dict[str, Any]:
-    ordered = sorted(values)
-    quartiles = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 3
-    return {
-        "median": statistics.median(ordered),
-        "min": ordered[0],
-        "max": ordered[-1],
-        "q1": quartiles[0],
-        "q3": quartiles[2],
-        "rounds": values,
-    }
 
 
 def interleaved(

@@ -24,6 +24,8 @@ from typing import Any
 import gevent
 import gevent.socket
 
+from ..support import read_line
+
 #: Debian installs the senders in /usr/sbin, which a non-root PATH may lack.
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -368,7 +370,7 @@ def exchange(
         sock = raw if tls_context is None else tls_context.wrap_socket(raw, server_hostname=server_hostname)
         with contextlib.closing(sock):
             sockname = sock.getsockname()
-            line = _read_line(sock)
+            line = read_line(sock)
             sock.sendall(payload)
             echo = b""
             while len(echo) < len(payload):
@@ -382,16 +384,6 @@ def exchange(
                 result.cipher = sock.cipher()[0]
                 result.alpn = sock.selected_alpn_protocol()
             return result
-
-
-def _read_line(sock: Any) -> bytes:
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        line += chunk
-    return line
 
 
 def expected_address(host: str, port: int) -> tuple[Any, ...]:
