@@ -132,6 +132,7 @@ def read_exactly(sock: Any, count: int) -> bytes:
         (HTTP_REQUEST, "http"),
         (b"POST /form HTTP/1.0\r\n\r\n", "http"),
     ],
+    ids=["xml-declaration", "stream-opening", "http-get", "http-post"],
 )
 def test_routes_by_the_first_bytes_with_the_proxied_address(multiplexed: Any, first_bytes: bytes, service: str) -> None:
     port, multiplexer, seen = multiplexed()
