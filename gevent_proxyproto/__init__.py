@@ -43,6 +43,8 @@ _LAZY = {
     "ProxyRelay": "._relay",
     "ProxyDatagramServer": "._udp",
     "ProxiedAddress": "._udp",
+    "Multiplexer": "._multiplex",
+    "Unmatched": "._multiplex",
 }
 
 
@@ -65,6 +67,7 @@ __all__ = [
     "HeaderTimeout",
     "IncompleteHeader",
     "InvalidHeader",
+    "Multiplexer",
     "ProxiedAddress",
     "ProxyDatagramServer",
     "ProxyHeader",
@@ -82,6 +85,7 @@ __all__ = [
     "TLSConfig",
     "TLVType",
     "TrustedProxies",
+    "Unmatched",
     "UntrustedSource",
     "__version__",
     "build_v1",

@@ -7,12 +7,21 @@ and services may also have plain ports (no header). Every mistake is a
 """
 
 import importlib
+import re
 import socketserver
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._multiplex import (
+    DEFAULT_MULTIPLEX_BUFFER_SIZE,
+    DEFAULT_MULTIPLEX_TIMEOUT,
+    MAX_MULTIPLEX_BUFFER_SIZE,
+    MULTIPLEX,
+    TLS_CLIENT_HELLO,
+    compile_pattern,
+)
 from ._socket import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, UNTRUSTED_DIRECT, UNTRUSTED_REJECT
 from ._trust import LOOPBACK, TrustedProxies
 
@@ -22,7 +31,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 #: Services usable without a [services] table (see _services.py).
-BUILTIN_SERVICES = ("whoami", "echo")
+BUILTIN_SERVICES = ("whoami", "echo", MULTIPLEX)
 #: Seconds open connections get to finish after SIGTERM/SIGINT.
 DEFAULT_GRACE_PERIOD = 10.0
 
@@ -38,8 +47,11 @@ _TOP_LEVEL_KEYS = {
     "proxy_port_mappings",
     "services",
     "tls",
+    "multiplex_buffer_size",
+    "multiplex_timeout",
 }
-_SERVICE_KEYS = {"handler", "ports"}
+_MULTIPLEX_SERVICE_KEYS = {"multiplex_pattern", "multiplex_tls"}
+_SERVICE_KEYS = {"handler", "ports"} | _MULTIPLEX_SERVICE_KEYS
 _TLS_KEYS = {"certfile", "keyfile", "cafile", "verify_client"}
 
 
@@ -56,6 +68,18 @@ class ServiceConfig:
     handler: Any
     #: Ports without a PROXY header.
     ports: tuple[int, ...] = ()
+    #: A regular expression: the ``multiplex`` service routes a connection
+    #: here when the client's first bytes start with a match.
+    multiplex_pattern: str | bytes | None = None
+    #: The ``multiplex`` service routes a TLS ClientHello here, after a TLS
+    #: handshake with the multiplex port's TLS settings.
+    multiplex_tls: bool = False
+
+    def multiplex_match(self) -> "re.Pattern[bytes] | None":
+        """What the ``multiplex`` service matches for this service: its pattern, a ClientHello, or None."""
+        if self.multiplex_tls:
+            return TLS_CLIENT_HELLO
+        return None if self.multiplex_pattern is None else compile_pattern(self.multiplex_pattern)
 
 
 @dataclass(frozen=True)
@@ -84,6 +108,8 @@ class DispatcherConfig:
     proxy_port_mappings: Mapping[int, str] = field(default_factory=dict)
     services: Mapping[str, ServiceConfig] = field(default_factory=dict)
     tls: Mapping[int, TLSConfig] = field(default_factory=dict)
+    multiplex_buffer_size: int = DEFAULT_MULTIPLEX_BUFFER_SIZE
+    multiplex_timeout: float = DEFAULT_MULTIPLEX_TIMEOUT
 
     def __post_init__(self) -> None:
         validate(self)
@@ -95,6 +121,16 @@ class DispatcherConfig:
 
     def service_names(self) -> set[str]:
         return set(BUILTIN_SERVICES) | set(self.services)
+
+    def is_multiplex(self, name: str) -> bool:
+        """Whether service ``name`` is the built-in ``multiplex`` (by its name, or ``handler = "multiplex"``)."""
+        service = self.services.get(name)
+        return (service.handler or name) == MULTIPLEX if service is not None else name == MULTIPLEX
+
+    def multiplex_routes(self) -> list[tuple[ServiceConfig, "re.Pattern[bytes]"]]:
+        """The services a ``multiplex`` port may route to, with what they match, in configuration order."""
+        routes = [(service, service.multiplex_match()) for service in self.services.values()]
+        return [(service, match) for service, match in routes if match is not None]
 
 
 def load_config(path: str) -> DispatcherConfig:
@@ -127,7 +163,10 @@ def config_from_mapping(data: Mapping[str, Any]) -> DispatcherConfig:
             raise ConfigError(f"services.{name}: unknown key(s) {', '.join(sorted(unknown))}")
         if "handler" not in table:
             raise ConfigError(f'services.{name}.handler is missing ("module:callable")')
-        services[name] = ServiceConfig(name, table["handler"], _ports(table.get("ports", []), f"services.{name}.ports"))
+        multiplex = {key: table[key] for key in _MULTIPLEX_SERVICE_KEYS if key in table}
+        services[name] = ServiceConfig(
+            name, table["handler"], _ports(table.get("ports", []), f"services.{name}.ports"), **multiplex
+        )
     tls = {}
     for key, table in _table(data, "tls").items():
         port = _port(key, f"tls.{key}")
@@ -183,6 +222,45 @@ def validate(config: DispatcherConfig) -> None:
     for port in config.tls:
         if port not in seen:
             raise ConfigError(f"tls.{port}: port {port} is not a proxy port or a service port")
+    _validate_multiplex(config)
+
+
+def _validate_multiplex(config: DispatcherConfig) -> None:
+    size = config.multiplex_buffer_size
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_MULTIPLEX_BUFFER_SIZE:
+        raise ConfigError(f"multiplex_buffer_size must be a number of bytes, 1..{MAX_MULTIPLEX_BUFFER_SIZE}, "
+                          f"not {size!r}")  # fmt: skip
+    timeout = config.multiplex_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"multiplex_timeout must be a positive number of seconds, not {timeout!r}")
+    for service in config.services.values():
+        where = f"services.{service.name}"
+        if not isinstance(service.multiplex_tls, bool):
+            raise ConfigError(f"{where}.multiplex_tls must be true or false")
+        if service.multiplex_pattern is None and not service.multiplex_tls:
+            continue
+        if config.is_multiplex(service.name):
+            raise ConfigError(f"{where}: the multiplex service cannot be a multiplex route itself")
+        if service.multiplex_pattern is not None and service.multiplex_tls:
+            raise ConfigError(f"{where}: give multiplex_pattern or multiplex_tls, not both")
+        try:
+            service.multiplex_match()
+        except (TypeError, re.error) as error:
+            raise ConfigError(f"{where}.multiplex_pattern is not a regular expression: {error}") from None
+    routes = [service for service, _ in config.multiplex_routes()]
+    multiplex_ports = [port for port, name in {**config.proxy_port_mappings, **config.plain_ports}.items()
+                       if config.is_multiplex(name)]  # fmt: skip
+    wants_tls = [service.name for service in routes if service.multiplex_tls]
+    for port in multiplex_ports:
+        if not routes:
+            raise ConfigError(f"port {port} is routed to multiplex, but no service has a multiplex_pattern "
+                              "or multiplex_tls")  # fmt: skip
+        if wants_tls and port not in config.tls:
+            raise ConfigError(f"port {port} is routed to multiplex and services.{wants_tls[0]} has multiplex_tls: "
+                              f"tls.{port} must give the certificate")  # fmt: skip
+        if not wants_tls and port in config.tls:
+            raise ConfigError(f"tls.{port}: multiplex port {port} uses its TLS only for services with "
+                              "multiplex_tls = true, and there is none")  # fmt: skip
 
 
 def resolve_handler(spec: Any, where: str) -> Callable[..., Any]:

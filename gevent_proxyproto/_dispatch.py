@@ -22,6 +22,7 @@ import gevent.pool
 from gevent.server import StreamServer
 
 from ._config import ConfigError, DispatcherConfig, TLSConfig, resolve_handler
+from ._multiplex import Multiplexer, Route
 from ._server import ProxyStreamServer
 from ._services import BUILTIN_HANDLERS, Handler, as_connection_handler
 from ._socket import ProxyPolicy, describe_peer
@@ -106,6 +107,8 @@ class Dispatcher:
     def _resolve_handlers(config: DispatcherConfig) -> dict[str, Any]:
         handlers: dict[str, Any] = dict(BUILTIN_HANDLERS)
         for name, service in config.services.items():
+            if config.is_multiplex(name):
+                continue  # one per port: see _multiplexer
             if isinstance(service.handler, str) and service.handler in BUILTIN_HANDLERS:
                 handlers[name] = BUILTIN_HANDLERS[service.handler]  # e.g. handler = "whoami"
             else:
@@ -121,7 +124,26 @@ class Dispatcher:
                 return "(unmapped)", _close_unmapped
         else:
             name = config.plain_ports[port]
+        if config.is_multiplex(name):
+            return name, self._multiplexer(port)
         return name, as_connection_handler(self.handlers[name], name, address)
+
+    def _multiplexer(self, port: int) -> Multiplexer:
+        config = self.config
+        address = (config.bind, port)
+        routes = [
+            Route(
+                service.name,
+                match,
+                as_connection_handler(self.handlers[service.name], service.name, address),
+                tls=service.multiplex_tls,
+            )
+            for service, match in config.multiplex_routes()
+        ]
+        tls = config.tls.get(port)
+        tls_context = self._ssl_args(port, tls)["ssl_context"] if tls is not None else None
+        return Multiplexer(routes, config.multiplex_buffer_size, config.multiplex_timeout, tls_context,
+                           describe_peer(address))  # fmt: skip
 
     def start(self) -> None:
         """Bind (unless given listeners) and start serving every port.
@@ -143,7 +165,8 @@ class Dispatcher:
                 # gevent waits for connections on its event loop: accept() must never block.
                 listener.setblocking(False)
                 name, handler = self._handler_for(port)
-                ssl_args = self._ssl_args(port, config.tls.get(port))
+                # A multiplex port's TLS comes after the match, from the Multiplexer.
+                ssl_args = {} if isinstance(handler, Multiplexer) else self._ssl_args(port, config.tls.get(port))
                 if port in config.proxy_ports:
                     server: StreamServer = ProxyStreamServer(
                         listener, handler, spawn=self.connections, policy=self.policy, **ssl_args

@@ -76,3 +76,19 @@ def test_multiplex_server_behind_a_real_haproxy() -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def test_multiplex_example_files_are_valid() -> None:
+    """examples/multiplex.toml passes `check` (its handlers import) and its HAProxy config passes `haproxy -c`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gevent_proxyproto", "check", "examples/multiplex.toml"],
+        cwd=REPO, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert b"15280  PROXY + TLS  -> multiplex" in result.stdout
+    haproxy = shutil.which("haproxy", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if haproxy is None:
+        require_tool("haproxy", "examples/haproxy-multiplex.cfg is checked with haproxy -c")
+    result = subprocess.run([str(haproxy), "-c", "-f", "examples/haproxy-multiplex.cfg"], cwd=REPO,
+                            capture_output=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
