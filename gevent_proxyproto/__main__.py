@@ -194,18 +194,6 @@ def _import_from_cwd() -> None:
         sys.path.insert(0, cwd)
 
 
-def _warn_if_trusting_everyone(config: Any) -> None:
-    from ._trust import TrustedProxies
-
-    everyone = TrustedProxies(config.trusted_proxies).everyone_entries
-    if everyone and config.proxy_ports:
-        log.warning(
-            "trusted_proxies %s: every source may send a PROXY header and claim any client address; "
-            "list the load balancers' addresses instead",
-            ", ".join(map(repr, everyone)),
-        )
-
-
 def _load(path: str | None) -> Any:
     from ._config import load_config
 
@@ -235,6 +223,7 @@ def _check(path: str | None) -> int:
 def _serve(path: str | None, workers: int) -> int:
     from ._config import ConfigError
     from ._dispatch import Dispatcher, StartupError, run_workers
+    from ._trust import warn_if_trusting_everyone
 
     if workers < 1:
         print("gevent-proxyproto: error: --workers must be at least 1", file=sys.stderr)
@@ -242,7 +231,8 @@ def _serve(path: str | None, workers: int) -> int:
     try:
         config = _load(path)
         dispatcher = Dispatcher(config)  # validates the handlers before anything listens
-        _warn_if_trusting_everyone(config)
+        if config.proxy_ports:
+            warn_if_trusting_everyone(dispatcher.policy.trusted, "trusted_proxies")
         print("\n".join(dispatcher.describe()), flush=True)
         if path is None:
             print(_demo_instructions(), flush=True)

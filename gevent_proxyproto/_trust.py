@@ -12,6 +12,7 @@ on every interface), so each of these is an error naming the entry.
 """
 
 import ipaddress
+import logging
 import re
 from collections.abc import Iterable
 from functools import lru_cache
@@ -20,6 +21,8 @@ from functools import lru_cache
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 #: The explicit spelling of "trust every source". Never the default.
 EVERYONE = "*"
+
+log = logging.getLogger("gevent_proxyproto")
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: An address, optionally with a prefix length: no dotted masks.
@@ -102,3 +105,15 @@ class TrustedProxies:
         # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
         mapped = getattr(address, "ipv4_mapped", None)
         return any(address in network or (mapped is not None and mapped in network) for network in self.networks)
+
+
+def warn_if_trusting_everyone(trusted: TrustedProxies, setting: str) -> None:
+    """One WARNING at start when ``*``, ``0.0.0.0/0`` or ``::/0`` is trusted: rarely what is meant."""
+    everyone = trusted.everyone_entries
+    if everyone:
+        log.warning(
+            "%s %s: every source may send a PROXY header and claim any client address; "
+            "list the load balancers' addresses instead",
+            setting,
+            ", ".join(map(repr, everyone)),
+        )
