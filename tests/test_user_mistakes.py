@@ -6,6 +6,7 @@ paths run ``gevent-proxyproto`` in subprocesses, as a user would.
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,12 +18,14 @@ from typing import Any
 import gevent.socket
 import pytest
 
+import gevent_proxyproto as gpp
 from gevent_proxyproto._config import ConfigError, config_from_mapping
 from gevent_proxyproto._dispatch import Dispatcher
 
 from .conftest import REPO
 from .support import V1_TCP4, make_certificate, read_all, wait_until
 from .test_dispatch import free_ports
+from .test_monkey import SERVERS, ask, connect, free_port, running, servers
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -290,6 +293,7 @@ def test_trusting_everyone_is_one_warning_at_start(tmp_path: Any, everyone: str)
     finally:
         process.kill()
         process.wait()
+    assert all(LOG_LINE.fullmatch(line) for line in lines), lines  # time, level, logger: serve's log format
     warnings = [line for line in lines if " WARNING " in line]
     assert len(warnings) == 1, lines
     assert warnings[0].endswith(
@@ -316,3 +320,99 @@ def test_a_signal_during_start_up_exits_cleanly(tmp_path: Any, name: str) -> Non
     assert (result.returncode, result.stdout) == (0, ""), result
     assert "Traceback" not in result.stderr
     assert result.stderr.endswith(f" WARNING gevent_proxyproto: {name} during start-up: stopped before serving\n")
+
+
+# -- the monkey runner --------------------------------------------------------------------------------
+
+#: A log line of the runner or of serve: time, level, logger, message.
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) gevent_proxyproto: .*\n")
+
+
+def _stderr_until(process: "subprocess.Popen[bytes]", text: str, timeout: float = 15) -> list[str]:
+    """The program's stderr lines up to the first containing ``text``; a bounded wait on the pipe."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    with gevent.Timeout(timeout, AssertionError(f"no {text!r} on stderr in {timeout} s: {lines}")):
+        while not lines or text not in lines[-1]:
+            gevent.socket.wait_read(process.stderr.fileno())
+            line = process.stderr.readline().decode()  # the program writes whole lines
+            assert line, f"stderr closed before {text!r}: {lines}"
+            lines.append(line)
+    return lines
+
+
+def _runner(*options: str, kind: str = "tcpserver", proxy_port: int, plain_port: int) -> list[str]:
+    return [sys.executable, "-m", "gevent_proxyproto.monkey", *options,
+            str(SERVERS), kind, str(proxy_port), str(plain_port)]  # fmt: skip
+
+
+def test_runner_warns_when_the_program_listens_on_none_of_the_proxy_ports() -> None:
+    typo, program_port, plain_port = free_port(), free_port(), free_port()
+    command = _runner("--proxy-ports", str(typo), proxy_port=program_port, plain_port=plain_port)
+    with running(command, program_port) as program:
+        lines = _stderr_until(program.process, "WARNING")
+    ports = ", ".join(map(str, sorted([program_port, plain_port])))
+    assert LOG_LINE.fullmatch(lines[-1]), lines
+    assert lines[-1].split(" gevent_proxyproto: ")[1] == (
+        f"the program listens on TCP port(s) {ports} but on none of --proxy-ports {typo}: no connection is "
+        "read as PROXY; check the port numbers\n"
+    )
+
+
+def test_runner_is_quiet_when_a_proxy_port_listens() -> None:
+    proxy_port, plain_port = free_port(), free_port()
+    command = _runner("--proxy-ports", str(proxy_port), "--log-level", "debug", proxy_port=proxy_port,
+                      plain_port=plain_port)  # fmt: skip
+    with running(command, proxy_port) as program:
+        lines = _stderr_until(program.process, "port check:")
+    assert [line for line in lines if " WARNING " in line] == []
+    assert all(LOG_LINE.fullmatch(line) for line in lines), lines
+
+
+def test_runner_takes_every_policy_setting() -> None:
+    # direct: the untrusted 127.0.0.1 connects without a header and keeps its own address.
+    options = ["--trusted-proxies", "10.0.0.0/8", "--untrusted", "direct"]
+    with servers("tcpserver", runner=options) as program:
+        reported, own = ask("tcpserver", program.proxy_port)
+        assert reported == (own[0], str(own[1]))
+    with servers("tcpserver", runner=["--max-header-size", "64"]) as program:
+        large = gpp.build_v2(source=("203.0.113.7", 4242), destination=("192.0.2.1", 443), tlvs=[(0xE0, bytes(64))])
+        # Only the preamble, which announces the size: refused before the rest is read.
+        with connect(program.proxy_port, large[:16]) as refused:
+            assert read_all(refused) == b""
+        assert ask("tcpserver", program.proxy_port, V1_TCP4)[0] == ("203.0.113.7", "4242")
+    assert "BAD_HDR" in program.stderr and all(LOG_LINE.fullmatch(line + "\n") for line in program.stderr.splitlines())
+    nginx_line = b"PROXY TCP6 203.0.113.7 ::1 4242 443\r\n"
+    with servers("tcpserver", runner=["--allow-v4-in-tcp6"]) as program:
+        assert ask("tcpserver", program.proxy_port, nginx_line)[0] == ("::ffff:203.0.113.7", "4242")  # v4-mapped
+    with servers("tcpserver", runner=[]) as program:
+        with connect(program.proxy_port, nginx_line) as refused:
+            assert read_all(refused) == b""
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--untrusted", "allow"], "argument --untrusted: invalid choice: 'allow' (choose from 'reject', 'direct')"),
+        (["--max-header-size", "8"], "max_header_size must hold a v2 preamble (16 bytes), not 8"),
+        (["--log-level", "loud"], "unknown log level 'LOUD'"),
+        (["--trusted-proxies", "192.168.1.5/16"], "'192.168.1.5/16' has host bits set: write '192.168.0.0/16'"),
+    ],
+)
+def test_runner_refuses_bad_policy_options(arguments: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gevent_proxyproto.monkey", "--proxy-ports", "80", *arguments, "x.py"],
+        env=ENV, capture_output=True, text=True, timeout=15,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr, result.stderr
+
+
+def test_runner_warns_once_when_trusting_everyone() -> None:
+    with servers("tcpserver", runner=["--trusted-proxies", "*"]) as program:
+        pass
+    warnings = [line for line in program.stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "WARNING gevent_proxyproto: --trusted-proxies '*': every source may send a PROXY header and claim any "
+        "client address; list the load balancers' addresses instead"
+    ), program.stderr
