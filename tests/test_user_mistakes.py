@@ -189,6 +189,28 @@ def test_check_imports_a_handler_from_the_current_directory(tmp_path: Any) -> No
     assert (result.returncode, result.stdout) == (0, "proxy.toml: OK\n  127.0.0.1:31070  PROXY  -> c2s\n"), result
 
 
+def test_serve_imports_a_handler_from_the_current_directory(tmp_path: Any) -> None:
+    _write(tmp_path, "mypackage/__init__.py", "")
+    _write(tmp_path, "mypackage/module.py", "def handle(sock, address):\n    sock.sendall(b'from mypackage\\n')\n")
+    (port,) = free_ports(1)
+    _write(tmp_path, "proxy.toml", C2S_CONFIG.replace("31070", str(port)))
+    script = shutil.which("gevent-proxyproto", path=sysconfig.get_path("scripts"))
+    assert script is not None, "the package is not installed (pip install -e .)"
+    process = subprocess.Popen(
+        [script, "serve", "--config", "proxy.toml"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _stderr_until(process, "listening on")
+        with gevent.socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(V1_TCP4)
+            assert read_all(client) == b"from mypackage\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_an_import_error_that_may_be_the_path_says_so(tmp_path: Any) -> None:
     config = _write(tmp_path, "proxy.toml", C2S_CONFIG)
     elsewhere = tmp_path / "elsewhere"
@@ -279,15 +301,10 @@ def test_trusting_everyone_is_one_warning_at_start(tmp_path: Any, everyone: str)
     """)  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "gevent_proxyproto", "serve", "--config", config],
-        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        assert process.stderr is not None
-        lines = []
-        while "listening on" not in (lines[-1] if lines else ""):  # start-up is logged up to the listener
-            line = process.stderr.readline()
-            assert line, lines
-            lines.append(line)
+        lines = _stderr_until(process, "listening on")  # start-up is logged up to the listener
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
     finally:
@@ -329,15 +346,25 @@ LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING
 
 
 def _stderr_until(process: "subprocess.Popen[bytes]", text: str, timeout: float = 15) -> list[str]:
-    """The program's stderr lines up to the first containing ``text``; a bounded wait on the pipe."""
+    """The program's stderr lines up to the first containing ``text``; a bounded wait on the pipe.
+
+    Read from the file descriptor, not the buffered pipe object: lines that
+    arrived together would sit in its buffer while we wait on the descriptor.
+    """
     assert process.stderr is not None
+    fd = process.stderr.fileno()
     lines: list[str] = []
+    pending = b""
     with gevent.Timeout(timeout, AssertionError(f"no {text!r} on stderr in {timeout} s: {lines}")):
         while not lines or text not in lines[-1]:
-            gevent.socket.wait_read(process.stderr.fileno())
-            line = process.stderr.readline().decode()  # the program writes whole lines
-            assert line, f"stderr closed before {text!r}: {lines}"
-            lines.append(line)
+            if b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                lines.append(line.decode() + "\n")
+                continue
+            gevent.socket.wait_read(fd)
+            chunk = os.read(fd, 65536)
+            assert chunk, f"stderr closed before {text!r}: {lines}"
+            pending += chunk
     return lines
 
 
