@@ -9,12 +9,34 @@ its own, which uses gevent sockets explicitly: it does not patch.
 
 import argparse
 import logging
+import os
 import re
+import signal
 import sys
 from typing import Any
 
 #: Exit status for a bad configuration or a failed start-up.
 EXIT_CONFIG = 2
+#: The log line of ``serve`` and ``forward`` (and of the monkey runner): when, how bad, what.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+log = logging.getLogger("gevent_proxyproto")
+
+
+class _StoppedDuringStartup(BaseException):
+    """SIGTERM or SIGINT arrived before the dispatcher's own handlers were installed.
+
+    A BaseException, like KeyboardInterrupt: no ``except Exception`` on the way may take it.
+    """
+
+    def __init__(self, number: int) -> None:
+        super().__init__(signal.Signals(number).name)
+        self.number = number
+
+
+def _stop_starting(number: int, frame: Any) -> None:
+    raise _StoppedDuringStartup(number)
+
 
 DEMO_PROXY_PORTS = {18000: "whoami", 18001: "echo"}
 DEMO_PLAIN_PORTS = {18080: "whoami", 18081: "echo"}
@@ -122,6 +144,22 @@ def _tlv(text: str) -> tuple[int, bytes]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["serve"]:
+        # Until serve installs its own handlers, a stop request must not end
+        # in a KeyboardInterrupt traceback or a death by SIGTERM: it stops the
+        # start-up, and the exit is that of a normal stop.
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, _stop_starting)
+    try:
+        return _main(argv)
+    except _StoppedDuringStartup as stop:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, signal.SIG_IGN)  # exiting already
+        log.warning("%s during start-up: stopped before serving", stop)
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "forward" and args.proxy_protocol == "v1" and (args.tlv or args.crc32c):
@@ -136,12 +174,24 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(level, int):
         print(f"gevent-proxyproto: error: unknown log level {args.log_level!r}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    if args.command in ("check", "serve"):
+        _import_from_cwd()
     if args.command == "check":
         return _check(args.config or args.config_file)
     if args.command == "forward":
         return _forward(args)
     return _serve(args.config, args.workers)
+
+
+def _import_from_cwd() -> None:
+    """Handlers import from the current directory, as with ``python -m`` and gunicorn.
+
+    The console script's ``sys.path[0]`` is the script's own directory.
+    """
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
 
 
 def _load(path: str | None) -> Any:
@@ -152,14 +202,16 @@ def _load(path: str | None) -> Any:
 
 def _check(path: str | None) -> int:
     from ._config import ConfigError
-    from ._dispatch import Dispatcher
+    from ._dispatch import Dispatcher, StartupError
 
     if not path:
         print("gevent-proxyproto: error: check needs a configuration file", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        dispatcher = Dispatcher(_load(path))  # imports every handler; binds nothing
-    except ConfigError as error:
+        # As serve does, short of binding: imports every handler, loads every
+        # certificate, key and CA file; the trusted networks are parsed by the config.
+        dispatcher = Dispatcher(_load(path))
+    except (ConfigError, StartupError) as error:
         print(f"gevent-proxyproto: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{path}: OK")
@@ -171,6 +223,7 @@ def _check(path: str | None) -> int:
 def _serve(path: str | None, workers: int) -> int:
     from ._config import ConfigError
     from ._dispatch import Dispatcher, StartupError, run_workers
+    from ._trust import warn_if_trusting_everyone
 
     if workers < 1:
         print("gevent-proxyproto: error: --workers must be at least 1", file=sys.stderr)
@@ -178,6 +231,8 @@ def _serve(path: str | None, workers: int) -> int:
     try:
         config = _load(path)
         dispatcher = Dispatcher(config)  # validates the handlers before anything listens
+        if config.proxy_ports:
+            warn_if_trusting_everyone(dispatcher.policy.trusted, "trusted_proxies")
         print("\n".join(dispatcher.describe()), flush=True)
         if path is None:
             print(_demo_instructions(), flush=True)

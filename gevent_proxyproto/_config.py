@@ -6,10 +6,13 @@ and services may also have plain ports (no header). Every mistake is a
 :class:`ConfigError` naming the key, found before anything listens.
 """
 
+import difflib
 import importlib
+import os
 import re
 import socketserver
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,34 +154,32 @@ def load_config(path: str) -> DispatcherConfig:
 
 def config_from_mapping(data: Mapping[str, Any]) -> DispatcherConfig:
     """Build a configuration from the parsed TOML document (or any mapping of the same shape)."""
-    unknown = set(data) - _TOP_LEVEL_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_TOP_LEVEL_KEYS))}")
+    _check_keys(data, _TOP_LEVEL_KEYS, "")
     services = {}
     for name, table in _table(data, "services").items():
         if not isinstance(table, Mapping):
             raise ConfigError(f"services.{name} must be a table")
-        unknown = set(table) - _SERVICE_KEYS
-        if unknown:
-            raise ConfigError(f"services.{name}: unknown key(s) {', '.join(sorted(unknown))}")
-        if "handler" not in table:
-            raise ConfigError(f'services.{name}.handler is missing ("module:callable")')
+        _check_keys(table, _SERVICE_KEYS, f"services.{name}")
+        handler = table.get("handler", name if name in BUILTIN_SERVICES else None)  # [services.whoami] needs none
+        if handler is None:
+            raise ConfigError(
+                f'services.{name}.handler is missing ("module:callable"); only the built-in services '
+                f"({', '.join(BUILTIN_SERVICES)}) may leave it out"
+            )
         multiplex = {key: table[key] for key in _MULTIPLEX_SERVICE_KEYS if key in table}
         services[name] = ServiceConfig(
-            name, table["handler"], _ports(table.get("ports", []), f"services.{name}.ports"), **multiplex
+            name, handler, _ports(table.get("ports", []), f"services.{name}.ports"), **multiplex
         )
     tls = {}
-    for key, table in _table(data, "tls").items():
-        port = _port(key, f"tls.{key}")
+    for key, table in _port_keys(_table(data, "tls"), "tls").items():
+        port = int(key)
         if not isinstance(table, Mapping) or "certfile" not in table:
             raise ConfigError(f"tls.{key} must be a table with certfile (and keyfile)")
-        unknown = set(table) - _TLS_KEYS
-        if unknown:
-            raise ConfigError(f"tls.{key}: unknown key(s) {', '.join(sorted(unknown))}")
+        _check_keys(table, _TLS_KEYS, f"tls.{key}")
         tls[port] = TLSConfig(**table)
     mappings = {
-        _port(key, f"proxy_port_mappings.{key}"): _string(value, f"proxy_port_mappings.{key}")
-        for key, value in _table(data, "proxy_port_mappings").items()
+        int(key): _string(value, f"proxy_port_mappings.{key}")
+        for key, value in _port_keys(_table(data, "proxy_port_mappings"), "proxy_port_mappings").items()
     }
     options = {key: data[key] for key in _TOP_LEVEL_KEYS - {"services", "tls", "proxy_port_mappings"} if key in data}
     if "proxy_ports" in options:
@@ -207,10 +208,10 @@ def validate(config: DispatcherConfig) -> None:
         raise ConfigError(f"trusted_proxies: {error}") from None
     seen: dict[int, str] = {}
     for port in config.proxy_ports:
-        _claim(seen, port, "proxy_ports")
+        _claim(seen, _port(port, "proxy_ports"), "proxy_ports")
     for service in config.services.values():
         for port in service.ports:
-            _claim(seen, port, f"services.{service.name}.ports")
+            _claim(seen, _port(port, f"services.{service.name}.ports"), f"services.{service.name}.ports")
     known = config.service_names()
     for port, name in config.proxy_port_mappings.items():
         if port not in config.proxy_ports:
@@ -276,8 +277,24 @@ def resolve_handler(spec: Any, where: str) -> Callable[..., Any]:
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and (module_name + ".").startswith(error.name + "."):
+            # The handler's own package is not on the path: say where we looked.
+            top = module_name.partition(".")[0]
+            found = sys.modules.get(top)
+            if error.name != top and found is not None:
+                raise ConfigError(
+                    f"{where}: cannot import {module_name!r}: no module named {error.name!r} "
+                    f"(found the package {top!r} in {os.path.dirname(getattr(found, '__file__', None) or '?')})"
+                ) from None
+            raise ConfigError(
+                f"{where}: cannot import {module_name!r}: no module named {error.name!r} on the Python path. "
+                f"Run from the directory that holds {top}/ (or {top}.py), now {os.getcwd()}, "
+                f"or install it, or add its directory to PYTHONPATH"
+            ) from None
+        raise ConfigError(f"{where}: cannot import {module_name!r}: {_located(error)}") from None
     except Exception as error:  # a user's module may fail in any way at import
-        raise ConfigError(f"{where}: cannot import {module_name!r}: {type(error).__name__}: {error}") from None
+        raise ConfigError(f"{where}: cannot import {module_name!r}: {_located(error)}") from None
     handler: Any = module
     for part in attribute.split("."):
         handler = getattr(handler, part, None)
@@ -288,6 +305,26 @@ def resolve_handler(spec: Any, where: str) -> Callable[..., Any]:
     if not callable(handler):
         raise ConfigError(f"{where}: {spec!r} is not callable")
     return handler  # type: ignore[no-any-return]
+
+
+def _located(error: BaseException) -> str:
+    """``Type: message (file:line)``: where in the user's module the import failed."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def _check_keys(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    """Unknown keys are typos: name each, with the nearest known key, and list the known ones."""
+    unknown = sorted(set(table) - known)
+    if not unknown:
+        return
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    prefix = f"{where}: " if where else ""
+    raise ConfigError(f"{prefix}unknown key(s) {', '.join(named)}; known: {', '.join(sorted(known))}")
 
 
 def _claim(seen: dict[int, str], port: int, where: str) -> None:
@@ -309,14 +346,30 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
+#: A port as a table key (TOML keys are strings): decimal digits only, so no "+80", " 80" or "8_0".
+_PORT_KEY = re.compile(r"[0-9]+")
+
+
+def _port_keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A table keyed by port: each key a port, and no port twice ("32064" and "032064")."""
+    seen: dict[int, str] = {}
+    for key in table:
+        if not isinstance(key, int) and not (isinstance(key, str) and _PORT_KEY.fullmatch(key)):
+            raise ConfigError(f"{where}.{key}: {key!r} is not a port (1..65535)")
+        port = _port(int(key), f"{where}.{key}")
+        if port in seen:
+            raise ConfigError(f"{where}: {seen[port]!r} and {key!r} are the same port {port}: keep one")
+        seen[port] = str(key)
+    return {str(key): value for key, value in table.items()}
+
+
 def _port(value: Any, where: str) -> int:
-    try:
-        port = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else -1
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"{where}: {value!r} is not a port (1..65535)")
-    return port
+    """A port given as a value: an integer 1..65535 (a string is a mistake, not a spelling)."""
+    if isinstance(value, str) and _PORT_KEY.fullmatch(value):
+        raise ConfigError(f"{where}: {value!r} is a string; write the port as an integer: {int(value)}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"{where}: {value!r} is not a port (an integer 1..65535)")
+    return value
 
 
 def _ports(values: Any, where: str) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ and returns. With several workers, the ports are bound once and shared by
 forked processes.
 """
 
+import functools
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from gevent.server import StreamServer
 
 from ._config import ConfigError, DispatcherConfig, TLSConfig, resolve_handler
 from ._multiplex import Multiplexer, Route
-from ._server import ProxyStreamServer
+from ._server import ProxyStreamServer, _is_health_check
 from ._services import BUILTIN_HANDLERS, Handler, as_connection_handler
 from ._socket import ProxyPolicy, describe_peer
 
@@ -83,12 +84,21 @@ class Dispatcher:
             :func:`bind_listeners`); bound by :meth:`start` when None.
 
     Raises:
-        ConfigError: a handler cannot be imported.
+        ConfigError: no port to serve, or a handler cannot be imported.
+        StartupError: a TLS certificate, key or CA file cannot be loaded.
     """
 
     def __init__(self, config: DispatcherConfig, listeners: dict[int, socket.socket] | None = None) -> None:
+        if not config.proxy_ports and not config.plain_ports:
+            # Else serve would wait forever on nothing (gevent's LoopExit).
+            raise ConfigError(
+                "nothing to serve: no port is configured; add proxy_ports = [PORT] (with a "
+                '[proxy_port_mappings] entry PORT = "SERVICE"), or ports = [PORT] in a [services.NAME] table'
+            )
         self.config = config
         self.handlers = self._resolve_handlers(config)
+        # Loaded here, not at start(), so that `check` finds a missing file too.
+        self._tls_args = {port: self._ssl_args(port, tls) for port, tls in config.tls.items()}
         self.policy = ProxyPolicy(
             trusted_proxies=config.trusted_proxies,
             header_timeout=config.header_timeout,
@@ -126,22 +136,21 @@ class Dispatcher:
             name = config.plain_ports[port]
         if config.is_multiplex(name):
             return name, self._multiplexer(port)
-        return name, as_connection_handler(self.handlers[name], name, address)
+        return name, self._service_handler(name, address)
+
+    def _service_handler(self, name: str, address: tuple[str, int]) -> Handler:
+        """Service ``name``'s handler as ``handler(sock, address)``, its exceptions logged under our logger."""
+        handler = as_connection_handler(self.handlers[name], name, address)
+        return functools.partial(_log_failures, handler, name)
 
     def _multiplexer(self, port: int) -> Multiplexer:
         config = self.config
         address = (config.bind, port)
         routes = [
-            Route(
-                service.name,
-                match,
-                as_connection_handler(self.handlers[service.name], service.name, address),
-                tls=service.multiplex_tls,
-            )
+            Route(service.name, match, self._service_handler(service.name, address), tls=service.multiplex_tls)
             for service, match in config.multiplex_routes()
         ]
-        tls = config.tls.get(port)
-        tls_context = self._ssl_args(port, tls)["ssl_context"] if tls is not None else None
+        tls_context = self._tls_args[port]["ssl_context"] if port in self._tls_args else None
         return Multiplexer(routes, config.multiplex_buffer_size, config.multiplex_timeout, tls_context,
                            describe_peer(address))  # fmt: skip
 
@@ -166,7 +175,7 @@ class Dispatcher:
                 listener.setblocking(False)
                 name, handler = self._handler_for(port)
                 # A multiplex port's TLS comes after the match, from the Multiplexer.
-                ssl_args = {} if isinstance(handler, Multiplexer) else self._ssl_args(port, config.tls.get(port))
+                ssl_args = {} if isinstance(handler, Multiplexer) else self._tls_args.get(port, {})
                 if port in config.proxy_ports:
                     server: StreamServer = ProxyStreamServer(
                         listener, handler, spawn=self.connections, policy=self.policy, **ssl_args
@@ -185,22 +194,35 @@ class Dispatcher:
             raise
 
     @staticmethod
-    def _ssl_args(port: int, tls: TLSConfig | None) -> dict[str, Any]:
-        if tls is None:
-            return {}
+    def _ssl_args(port: int, tls: TLSConfig) -> dict[str, Any]:
         import ssl
 
         import gevent.ssl
 
+        files = {"certfile": tls.certfile, "keyfile": tls.keyfile, "cafile": tls.cafile if tls.verify_client else None}
+        for key, path in files.items():
+            # load_cert_chain() says "No such file" without saying which one.
+            if path is not None:
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as error:
+                    raise StartupError(
+                        f"tls.{port}.{key}: cannot read {path!r} ({os.path.abspath(path)}): {error.strerror or error}"
+                    ) from None
         context = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             context.load_cert_chain(tls.certfile, tls.keyfile)
-            if tls.verify_client:
-                context.verify_mode = ssl.CERT_REQUIRED
-                if tls.cafile:
-                    context.load_verify_locations(tls.cafile)
         except (OSError, ssl.SSLError) as error:
-            raise StartupError(f"tls.{port}: cannot load the certificate: {error}") from None
+            key = f" with keyfile {tls.keyfile!r}" if tls.keyfile else ""
+            raise StartupError(f"tls.{port}: cannot load certfile {tls.certfile!r}{key}: {error}") from None
+        if tls.verify_client:
+            context.verify_mode = ssl.CERT_REQUIRED
+            if tls.cafile:
+                try:
+                    context.load_verify_locations(tls.cafile)
+                except (OSError, ssl.SSLError) as error:
+                    raise StartupError(f"tls.{port}.cafile: cannot load {tls.cafile!r}: {error}") from None
         return {"ssl_context": context}
 
     def serve_forever(self) -> None:
@@ -241,6 +263,28 @@ class Dispatcher:
             tls = " + TLS" if port in config.tls else ""
             lines.append(f"{config.bind}:{port}  {kind}{tls}  -> {name}")
         return lines
+
+
+def _log_failures(handler: Handler, service: str, sock: Any, address: Any) -> Any:
+    """Run a service's handler; its exception is one ERROR with the traceback, under our logger.
+
+    Not gevent's printer on stderr: the line names the service, the client
+    and (on a proxy port) the load balancer, for the operator's log.
+    """
+    real_peername = getattr(sock, "real_peername", None)  # a proxy port's
+    hung_up = False
+    try:  # now: once the handler fails, the peer may have reset the connection
+        real_peer = real_peername() if real_peername is not None else None
+    except OSError:  # gone before the handler ran, as a health check may be
+        real_peer, hung_up = None, True
+    try:
+        return handler(sock, address)
+    except Exception as error:
+        if isinstance(error, OSError) and (hung_up or _is_health_check(getattr(sock, "proxy_header", None), real_peer)):
+            raise  # ProxyStreamServer logs a health check that hangs up at DEBUG
+        via = f" via {describe_peer(real_peer)}" if real_peer is not None and real_peer != address else ""
+        log.exception("%s: handler failed on the connection from %s%s", service, describe_peer(address), via)
+        return None
 
 
 def _close_unmapped(sock: Any, address: Any) -> None:

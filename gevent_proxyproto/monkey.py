@@ -53,10 +53,20 @@ _socket_class: Any = None
 _selector_class: Any = None
 #: Listening sockets on PROXY ports by file descriptor, for socketserver's selector.
 _listeners: Any = None
+#: Every TCP port a listener started on while patched: the runner's port-typo check reads it.
+_listening_ports: set[int] = set()
+#: Seconds the runner gives the program to listen before it checks the ports.
+PORT_CHECK_DELAY = 2.0
 
 
 def patch(
-    proxy_ports: Iterable[int] | int, *, trusted_proxies: Any = None, header_timeout: float | None = None
+    proxy_ports: Iterable[int] | int,
+    *,
+    trusted_proxies: Any = None,
+    header_timeout: float | None = None,
+    max_header_size: int | None = None,
+    untrusted: str | None = None,
+    allow_v4_in_tcp6: bool | None = None,
 ) -> None:
     """Make the listeners bound to ``proxy_ports`` expect a PROXY header.
 
@@ -70,6 +80,8 @@ def patch(
         proxy_ports: the PROXY ports (an int or several), on any address.
         trusted_proxies: networks allowed to send headers; default loopback.
         header_timeout: seconds for the whole header; default 5.
+        max_header_size, untrusted, allow_v4_in_tcp6: as for
+            :class:`~gevent_proxyproto.ProxyPolicy`; None keeps its default.
 
     Raises:
         RuntimeError: gevent has not patched ``socket`` yet.
@@ -85,11 +97,14 @@ def patch(
         raise RuntimeError("call gevent.monkey.patch_all() before gevent_proxyproto.monkey.patch()")
     from ._socket import ProxyPolicy
 
-    fields: dict[str, Any] = {}
-    if trusted_proxies is not None:
-        fields["trusted_proxies"] = trusted_proxies
-    if header_timeout is not None:
-        fields["header_timeout"] = header_timeout
+    given = {
+        "trusted_proxies": trusted_proxies,
+        "header_timeout": header_timeout,
+        "max_header_size": max_header_size,
+        "untrusted": untrusted,
+        "allow_v4_in_tcp6": allow_v4_in_tcp6,
+    }
+    fields = {name: value for name, value in given.items() if value is not None}
     _settings = _Settings(ports, ProxyPolicy(**fields))
     import socketserver
     import weakref
@@ -186,6 +201,8 @@ def _init_stream_server_socket(server: Any) -> None:
     if isinstance(server, ProxyStreamServer):
         return  # it reads headers itself
     server.__dict__.pop("do_read", None)  # restarted on a plain port: the class's do_read again
+    if isinstance(server.address, tuple):
+        _listening_ports.add(server.address[1])
     policy = _proxy_policy(server.address)
     if policy is None:
         return
@@ -233,7 +250,10 @@ def _build_socket_class() -> Any:
         def listen(self, *args: Any) -> None:
             super().listen(*args)
             if self._policy is None and self.type == _stdlib_socket.SOCK_STREAM:
-                self._policy = _proxy_policy(self.getsockname())
+                address = self.getsockname()
+                if isinstance(address, tuple):
+                    _listening_ports.add(address[1])
+                self._policy = _proxy_policy(address)
                 if self._policy is not None:
                     _listeners[self.fileno()] = self
 
@@ -302,6 +322,37 @@ def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _check_proxy_ports(proxy_ports: list[int]) -> None:
+    """Warn when the program listens on TCP ports but on none of the PROXY ports: a typo, most likely."""
+    from ._socket import log
+
+    listening = sorted(_listening_ports)
+    wanted = ",".join(map(str, sorted(proxy_ports)))
+    if listening and not set(listening) & set(proxy_ports):
+        log.warning(
+            "the program listens on TCP port(s) %s but on none of --proxy-ports %s: no connection is read as "
+            "PROXY; check the port numbers",
+            ", ".join(map(str, listening)),
+            wanted,
+        )
+    else:
+        log.debug("port check: listening on %s; --proxy-ports %s", listening or "no TCP port yet", wanted)
+
+
+def _log_to_stderr(level: int) -> None:
+    """The runner's own lines, with time and level, leaving the program's logging configuration alone."""
+    import logging
+
+    from .__main__ import LOG_FORMAT
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger = logging.getLogger("gevent_proxyproto")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # a program that logs to stderr itself would print each line twice
+
+
 def _monkey_main(argv: list[str] | None = None) -> Any:
     """Run a program with gevent's ``patch_all()`` and :func:`patch` applied, as ``__main__``."""
     import argparse
@@ -321,6 +372,18 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
     parser.add_argument(
         "--header-timeout", type=float, metavar="SECONDS", help="seconds for the whole header (default: 5)"
     )
+    parser.add_argument("--max-header-size", type=int, metavar="BYTES", help="larger headers are refused (16384)")
+    parser.add_argument(
+        "--untrusted",
+        choices=("reject", "direct"),
+        help="other sources: closed unread (reject, the default), or served with their own address (direct)",
+    )
+    parser.add_argument(
+        "--allow-v4-in-tcp6", action="store_true", default=None, help="accept nginx's IPv4 addresses in v1 TCP6 lines"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, help="of gevent_proxyproto's lines: DEBUG, INFO (default)..."
+    )
     parser.add_argument("-m", "--module", action="store_true", help="run a module, as python -m does")
     parser.add_argument("program", help="the script (a module with -m)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
@@ -328,10 +391,22 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
     try:
         ports = [int(port) for port in _comma_list(options.proxy_ports)]
         trusted = _comma_list(options.trusted_proxies) if options.trusted_proxies is not None else None
-        settings = {"trusted_proxies": trusted, "header_timeout": options.header_timeout}
+        settings = {
+            "trusted_proxies": trusted,
+            "header_timeout": options.header_timeout,
+            "max_header_size": options.max_header_size,
+            "untrusted": options.untrusted,
+            "allow_v4_in_tcp6": options.allow_v4_in_tcp6,
+        }
         _port_set(ports)
     except ValueError as error:
         parser.error(str(error))
+    import logging
+
+    level = getattr(logging, options.log_level, None)
+    if not isinstance(level, int):
+        parser.error(f"unknown log level {options.log_level!r}")
+    _log_to_stderr(level)
 
     # One module whatever its name: run as __main__, this module must be the
     # one a program gets from `import gevent_proxyproto.monkey` (gevent.monkey
@@ -349,6 +424,13 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
         patch(ports, **settings)
     except ValueError as error:
         parser.error(str(error))
+    import gevent
+
+    from ._trust import warn_if_trusting_everyone
+
+    assert _settings is not None
+    warn_if_trusting_everyone(_settings.policy.trusted, "--trusted-proxies")
+    gevent.spawn_later(PORT_CHECK_DELAY, _check_proxy_ports, ports)
 
     sys.argv[:] = [options.program, *options.args]
     if options.module:

@@ -21,3 +21,8 @@ class LineHandler(socketserver.StreamRequestHandler):
 
 class NotAHandler:
     pass
+
+
+def broken(sock, address):
+    """A handler with a bug: it fails on every connection."""
+    raise ValueError("broken on purpose")

@@ -124,7 +124,7 @@ def test_unmapped_proxy_port_warns_and_closes_after_the_header(
         ({"proxy_ports": [1000], "proxy_port_mappings": {"1000": "nope"}}, "unknown service 'nope'"),
         ({"proxy_ports": [1000], "proxy_port_mappings": {"1001": "echo"}}, "port 1001 is not in proxy_ports"),
         ({"proxy_ports": [70000]}, "not a port"),
-        ({"proxy_port": [1000]}, "unknown key(s) proxy_port"),
+        ({"proxy_port": [1000]}, "unknown key(s) 'proxy_port' (did you mean 'proxy_ports'?)"),
         ({"trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies"),
         ({"header_timeout": 0}, "header_timeout must be a positive number"),
         ({"services": {"x": {"ports": [1]}}}, "services.x.handler is missing"),

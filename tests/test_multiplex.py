@@ -377,7 +377,7 @@ TLS = {"certfile": "cert.pem"}
         ({**MULTIPLEX_PORT, "services": {"web": WEB, "mux": {"handler": "multiplex", "multiplex_pattern": "x"}}},
          "services.mux: the multiplex service cannot be a multiplex route itself"),
         ({**MULTIPLEX_PORT, "services": {"web": {**WEB, "multiplex_glob": "GET*"}}},
-         "services.web: unknown key(s) multiplex_glob"),
+         "services.web: unknown key(s) 'multiplex_glob'"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_key(mapping: dict[str, Any], message: str) -> None:
