@@ -130,7 +130,8 @@ def read_header(
         while True:
             data = received + peeked
             try:
-                header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6)
+                # The size cap is checked by parse() from a v2 preamble, before the rest is parsed or read.
+                header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
             except IncompleteHeader as incomplete:
                 needed = incomplete.needed
             else:
@@ -141,7 +142,7 @@ def read_header(
             # there would keep the exception, its traceback and the parser's
             # frames alive for as long as the client takes.
             known = len(data) + needed
-            if known > max_header_size:
+            if known > max_header_size:  # a v1 line still arriving (v2: refused by parse())
                 raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})")
             if peeked or data[0] == 0x0D:
                 # Everything seen, and `needed` more, is header: consume what

@@ -21,6 +21,8 @@ from ._errors import InvalidHeader, ProxyProtocolError, Reason
 from ._model import Command, ProxyHeader
 from ._parser import parse
 from ._socket import UNTRUSTED_DIRECT, ProxyPolicy, _ip_shape, describe_peer
+from ._v1 import SIGNATURE as V1_SIGNATURE
+from ._v2 import SIGNATURE, VERSION
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -36,7 +38,9 @@ DEFAULT_WARNING_INTERVAL = 60.0
 
 _POLICY_FIELDS = ("trusted_proxies", "header_timeout", "max_header_size", "untrusted", "allow_v4_in_tcp6")
 _LOCAL = Command.LOCAL
-_SOCK_STREAM = _stdlib_socket.SOCK_STREAM
+#: Byte 12 of a v2 PROXY header, and the STREAM transport nibble of byte 13.
+_V2_PROXY = VERSION << 4 | Command.PROXY
+_STREAM_NIBBLE = 0x1
 _AF_UNIX = _stdlib_socket.AF_UNIX
 
 
@@ -65,8 +69,13 @@ class ProxiedAddress(tuple):  # type: ignore[type-arg]
         return (type(self), (tuple(self), self.real_peer, self.proxy_header))
 
 
-def parse_datagram(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, int]:
+def parse_datagram(
+    data: bytes, allow_v4_in_tcp6: bool = False, max_header_size: int = MAX_DATAGRAM_SIZE
+) -> tuple[ProxyHeader, int]:
     """Parse the v2 header at the start of one datagram, which must hold all of it.
+
+    What the preamble alone can refuse is refused before anything else is
+    parsed (a sender of datagrams can be forged, and this runs in the hub).
 
     Returns:
         ``(header, length)``: the payload is ``data[length:]``.
@@ -74,16 +83,15 @@ def parse_datagram(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHe
     Raises:
         IncompleteHeader: the datagram ends inside its header (reason
             ``TRUNCATED``): it will never get the missing bytes, drop it.
-        InvalidHeader: an invalid header; or a v1 header (v1 is TCP only) or a
-            PROXY header with transport STREAM (it describes a TCP
-            connection): ``BAD_PROTO``.
+        InvalidHeader: an invalid header; a header over ``max_header_size``
+            (``BAD_HDR``); or a v1 header (v1 is TCP only) or a PROXY header
+            with transport STREAM (it describes a TCP connection): ``BAD_PROTO``.
     """
-    header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6)
-    if header.version != 2:
+    if data.startswith(V1_SIGNATURE):
         raise InvalidHeader(Reason.BAD_PROTO, "a v1 header on a UDP datagram: v1 describes TCP only")
-    if header.command != _LOCAL and header.protocol == _SOCK_STREAM:
+    if len(data) > 13 and data[12] == _V2_PROXY and data[13] & 0x0F == _STREAM_NIBBLE and data.startswith(SIGNATURE):
         raise InvalidHeader(Reason.BAD_PROTO, "a PROXY header with transport STREAM on a UDP datagram")
-    return header, length
+    return parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
 
 
 class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
@@ -159,13 +167,10 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
             self._drop(Reason.UNTRUSTED, "the sender is not in trusted_proxies", real_peer)
             return None
         try:
-            header, length = parse_datagram(data, policy.allow_v4_in_tcp6)
+            header, length = parse_datagram(data, policy.allow_v4_in_tcp6, policy.max_header_size)
         except ProxyProtocolError as error:  # IncompleteHeader's reason is TRUNCATED
             message = "the datagram ends inside its header" if error.reason is Reason.TRUNCATED else error.message
             self._drop(error.reason, message, real_peer)
-            return None
-        if length > policy.max_header_size:
-            self._drop(Reason.BAD_HDR, f"header over {policy.max_header_size} bytes ({length})", real_peer)
             return None
         source = header.source
         if header.command == _LOCAL or source is None:  # a health check, or UNSPEC mode: the real sender

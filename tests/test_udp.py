@@ -137,7 +137,7 @@ BAD_CRC = bytearray(gpp.format_datagram(b"x", CLIENT, SERVICE, crc32c=True))
 BAD_CRC[-2] ^= 0xFF  # inside the CRC32C value
 DROPPED = {
     "v1": (b"PROXY TCP4 203.0.113.7 192.0.2.1 4242 53\r\npayload", gpp.Reason.BAD_PROTO),
-    "v1-truncated": (b"PROXY TCP4 203.0.113.7", gpp.Reason.TRUNCATED),
+    "v1-truncated": (b"PROXY TCP4 203.0.113.7", gpp.Reason.BAD_PROTO),  # v1 is refused before parsing
     "v2-truncated-preamble": (_HEADER[:10], gpp.Reason.TRUNCATED),
     "v2-truncated-block": (_HEADER[:20], gpp.Reason.TRUNCATED),
     "empty": (b"", gpp.Reason.TRUNCATED),
