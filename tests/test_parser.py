@@ -9,18 +9,20 @@ change as more bytes arrive.
 
 import dataclasses
 import itertools
+import platform
 import socket
 import subprocess
 import sys
 import textwrap
 from typing import Any
+from unittest import mock
 
-import mock
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import gevent_proxyproto as gpp
+from gevent_proxyproto import _crc32c
 from gevent_proxyproto._crc32c import crc32c_pure
 
 from . import wire
@@ -900,6 +902,33 @@ def test_crc32c_accepts_bytes_like(function: Any) -> None:
 @given(st.binary(max_size=512))
 def test_crc32c_implementations_agree(data: bytes) -> None:
     assert crc32c_pure(data) == gpp.crc32c(data) == wire.crc32c_reference(data)
+
+
+def test_the_default_install_uses_the_c_crc32c() -> None:
+    # crc32c is an install requirement on CPython: a pure-Python CRC here is a packaging defect.
+    if platform.python_implementation() != "CPython":
+        pytest.skip("the crc32c package is only required on CPython")
+    import crc32c
+
+    assert gpp.crc32c is crc32c.crc32c
+
+
+def test_the_pure_fall_back_is_chosen_without_the_c_package() -> None:
+    with mock.patch.dict(sys.modules, {"crc32c": None}):  # None in sys.modules: ImportError
+        assert _crc32c._accelerated() is None
+
+
+@pytest.mark.parametrize("function", [gpp.crc32c, crc32c_pure], ids=["default", "pure"])
+@pytest.mark.parametrize("case", ["crc32c-first", "crc32c-after-alpn", "crc32c-in-local-at-16", "crc32c-unspec-family"])
+def test_parse_verifies_crc32c_with_either_implementation(function: Any, case: str) -> None:
+    [(data, expected, _)] = [param.values for param in V2_VALID if param.id == case]
+    [offset] = [i for i, (tlv_type, _) in enumerate(expected.tlvs) if tlv_type == TLVType.CRC32C]
+    with mock.patch("gevent_proxyproto._v2.crc32c", function):
+        assert gpp.parse(data)[0] == expected
+        value_offset = data.index(expected.tlvs[offset][1])
+        with pytest.raises(gpp.InvalidHeader) as refused:
+            gpp.parse(flip_bit(data, value_offset))
+    assert refused.value.reason is Reason.CRC
 
 
 # Value objects and errors --------------------------------------------------------------------------
