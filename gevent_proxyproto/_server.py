@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import gevent
 from gevent.server import StreamServer
 
 from ._errors import ProxyProtocolError, Reason
@@ -148,9 +149,15 @@ def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
 
 def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
     saved_timeout = client.timeout
-    client.timeout = max(deadline - time.monotonic(), 0.001)
+    remaining = max(deadline - time.monotonic(), 0.001)
+    # The socket's timeout bounds each wait of the handshake, not all of it: a
+    # ClientHello trickled a byte at a time would restart it at every byte. The
+    # gevent.Timeout bounds the whole (nginx's ssl_handshake_timeout is a total
+    # too). Its exception is an OSError, so gevent's SSLSocket closes itself.
+    client.timeout = remaining
     try:
-        tls = server.wrap_socket(client, **server.ssl_args)
+        with gevent.Timeout(remaining, TimeoutError("TLS handshake not finished within header_timeout")):
+            tls = server.wrap_socket(client, **server.ssl_args)
     except (OSError, ValueError) as error:  # ssl.SSLError and socket.timeout are OSErrors
         server.tls_failures += 1
         log.warning("TLS handshake failed from %s on %s: %s", describe_peer(real_peer), server._where, error)

@@ -316,6 +316,41 @@ def test_tls_client_hello_in_the_same_segment_as_the_header(certificate: tuple[s
     assert server.failures == {} and server.tls_failures == 0
 
 
+def _client_hello() -> bytes:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    with pytest.raises(ssl.SSLWantReadError):
+        client_tls_context().wrap_bio(incoming, outgoing).do_handshake()
+    return outgoing.read()
+
+
+def test_one_deadline_covers_header_and_tls_handshake(
+    certificate: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ClientHello trickled after a valid header is cut at header_timeout in all, not per byte."""
+    hello = _client_hello()
+    interval = 0.02  # each wait is far shorter than header_timeout: only a total deadline can end it
+    recorder = Recorder()
+    with serving(recorder, ssl_context=_server_context(certificate), header_timeout=0.3) as server:
+        with connect(server, V2_TCP4) as client:
+            client.setblocking(False)
+            sent = 0
+            while sent < len(hello):
+                try:
+                    if client.recv(1) == b"":
+                        break  # the server closed the connection
+                except BlockingIOError:
+                    pass  # nothing from the server yet: trickle the next byte
+                except ConnectionResetError:
+                    break
+                client.send(hello[sent : sent + 1])
+                sent += 1
+                gevent.sleep(interval)
+        assert sent < len(hello), "the server waited for the whole trickled ClientHello"
+        wait_until(lambda: server.tls_failures == 1)
+    assert recorder.seen == []
+    assert "TLS handshake not finished within header_timeout" in caplog.text
+
+
 def test_starttls_handler_sees_the_proxied_address(certificate: tuple[str, str]) -> None:
     context = _server_context(certificate)
     seen = gevent.event.AsyncResult()
