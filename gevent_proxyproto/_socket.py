@@ -49,6 +49,8 @@ DEFAULT_MAX_HEADER_SIZE = 16384
 #: Handshakes a listening ProxySocket runs at once (headers being read plus
 #: connections ready but not yet accepted).
 DEFAULT_MAX_PENDING = 1024
+#: Seconds between two WARNING lines about refusals of the same reason.
+DEFAULT_WARNING_INTERVAL = 60.0
 
 #: One peek reads this much: every v1 line (107 bytes) and most v2 headers,
 #: so a header that arrived in one segment costs one peek and one exact read.
@@ -311,10 +313,8 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
         if real_peer not in policy.trusted:
             if policy.untrusted == UNTRUSTED_DIRECT:
                 return None
-            raise UntrustedSource(
-                f"{describe_peer(real_peer)} is not in trusted_proxies {policy.trusted!r}; if it is your load "
-                "balancer, add its address or network to trusted_proxies"
-            )
+            # The peer, not the list: a line per refusal must stay short (the list can be long).
+            raise UntrustedSource(f"{describe_peer(real_peer)} is not in trusted_proxies")
         if deadline is None:
             deadline = _monotonic() + policy.header_timeout
         header = read_header(self, deadline, policy.max_header_size, policy.allow_v4_in_tcp6)
@@ -402,15 +402,63 @@ def _enable_starttls() -> None:
     _starttls_enabled = True
 
 
-def log_refusal(error: ProxyProtocolError, real_peer: Any, where: str) -> None:
-    """The one log line for a refused connection: reason, real peer, no traceback.
+class RefusalLog:
+    """The log lines for refused connections or datagrams: a flood cannot flood the log.
 
-    Closed-before-a-byte connections (port scans, a proxy's plain TCP checks)
-    are only worth a debug line.
+    Per reason, the first refusal in ``interval`` seconds is logged at WARNING
+    and the others at DEBUG; at the end of an interval in which some were held
+    back, one WARNING says how many. Closed-before-a-byte connections (port
+    scans, a proxy's plain TCP checks) are only ever worth a DEBUG line. The
+    callers count every refusal in their ``failures``.
+
+    Args:
+        what: the start of each line, e.g. ``"PROXY header refused"``.
+        where: the listening address, as :func:`describe_peer` writes it.
+        interval: seconds between two WARNING lines of one reason.
     """
-    level = logging.DEBUG if error.reason in (Reason.EMPTY, Reason.ABORT) else logging.WARNING
-    if log.isEnabledFor(level):
-        log.log(level, "PROXY header refused from %s on %s: %s", describe_peer(real_peer), where, error)
+
+    def __init__(self, what: str, where: str = "?", interval: float = DEFAULT_WARNING_INTERVAL) -> None:
+        self.what = what
+        self.where = where
+        self.interval = interval
+        #: Reason -> when its last WARNING line was written.
+        self._warned_at: dict[str, float] = {}
+        #: Reason -> refusals held back at DEBUG since its last WARNING line.
+        self._held_back: Counter[str] = Counter()
+        self._report_timer: Any = None
+
+    def refused(self, reason: str, message: str, real_peer: Any) -> None:
+        """Log one refusal of ``reason`` from ``real_peer``, at most once per interval at WARNING."""
+        if reason in _QUIET_REASONS:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s from %s on %s: %s: %s", self.what, describe_peer(real_peer), self.where, reason, message)
+            return
+        now = _monotonic()
+        warned_at = self._warned_at.get(reason)
+        if warned_at is None or now - warned_at >= self.interval:
+            self._warned_at[reason] = now
+            log.warning("%s from %s on %s: %s: %s (at most one warning per reason every %g s; all are counted)",
+                        self.what, describe_peer(real_peer), self.where, reason, message, self.interval)  # fmt: skip
+            return
+        self._held_back[reason] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s from %s on %s: %s: %s", self.what, describe_peer(real_peer), self.where, reason, message)
+        if self._report_timer is None:
+            # Report at the end of this reason's interval; ref=False: a pending
+            # report never keeps the event loop (and so a program) alive.
+            timer = gevent.get_hub().loop.timer(max(warned_at + self.interval - now, 0.0), 0, ref=False)
+            timer.start(self._report_held_back)
+            self._report_timer = timer
+
+    def _report_held_back(self) -> None:
+        self._report_timer = None
+        held_back, self._held_back = self._held_back, Counter()
+        for reason, count in sorted(held_back.items()):
+            log.warning("%s on %s: suppressed %d more %s since the last warning", self.what, self.where, count, reason)
+
+
+#: Refusals that name no defect: a connection closed before or during its header.
+_QUIET_REASONS = frozenset((Reason.EMPTY.value, Reason.ABORT.value))
 
 
 class _Acceptor:
@@ -428,7 +476,7 @@ class _Acceptor:
         self.ready: Queue[Any] = Queue()
         self.slots = Semaphore(max_pending)
         self.handshakes = Group()
-        self.where = describe_peer(listener.getsockname())
+        self.refusals = RefusalLog("PROXY header refused", describe_peer(listener.getsockname()))
         self.loop = gevent.spawn(self._accept_forever)
 
     def next(self, timeout: float | None) -> tuple[ProxySocket, Any]:
@@ -489,7 +537,7 @@ class _Acceptor:
             conn.close()
             self.slots.release()
             self.failures[error.reason] += 1
-            log_refusal(error, real_peer, self.where)
+            self.refusals.refused(error.reason.value, error.message, real_peer)
             return
         except BaseException:
             conn.close()  # killed by stop(), or a bug: never leak the fd

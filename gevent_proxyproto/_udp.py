@@ -11,7 +11,6 @@ replies there, and the proxy passes them back to its client.
 
 import logging
 import socket as _stdlib_socket
-import time
 from collections import Counter
 from typing import Any
 
@@ -20,7 +19,7 @@ from gevent.server import DatagramServer
 from ._errors import InvalidHeader, ProxyProtocolError, Reason
 from ._model import Command, ProxyHeader
 from ._parser import parse
-from ._socket import UNTRUSTED_DIRECT, ProxyPolicy, _ip_shape, describe_peer
+from ._socket import DEFAULT_WARNING_INTERVAL, UNTRUSTED_DIRECT, ProxyPolicy, RefusalLog, _ip_shape, describe_peer
 from ._v1 import SIGNATURE as V1_SIGNATURE
 from ._v2 import SIGNATURE, VERSION
 
@@ -32,9 +31,6 @@ MAX_DATAGRAM_SIZE = 65535
 #: Datagrams dropped in one wake-up before ``do_read`` yields to the event
 #: loop: a flood of bad datagrams must not starve the other greenlets.
 _DROPS_PER_READ = 64
-#: A drop is logged at WARNING at most once per reason in this many seconds
-#: (the first one at once); the others at DEBUG. Every one is counted.
-DEFAULT_WARNING_INTERVAL = 60.0
 
 _POLICY_FIELDS = ("trusted_proxies", "header_timeout", "max_header_size", "untrusted", "allow_v4_in_tcp6")
 _LOCAL = Command.LOCAL
@@ -121,9 +117,6 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
             datagram's header is complete or never.
     """
 
-    #: Seconds between two WARNING lines about drops of the same reason.
-    warning_interval = DEFAULT_WARNING_INTERVAL
-
     def __init__(
         self, listener: Any, handle: Any = None, spawn: Any = "default", *, policy: ProxyPolicy | None = None,
         **kwargs: Any,
@@ -135,15 +128,23 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
         self.policy = policy if policy is not None else ProxyPolicy(**policy_fields)
         #: Dropped datagrams, by :class:`Reason`.
         self.failures: Counter[Reason] = Counter()
-        self._warned: dict[Reason, tuple[float, int]] = {}
+        self._refusals = RefusalLog("UDP datagram dropped", interval=DEFAULT_WARNING_INTERVAL)
         self._buffer = bytearray(MAX_DATAGRAM_SIZE)
         self._view = memoryview(self._buffer)
-        self._where = "?"
         super().__init__(listener, handle=handle, spawn=spawn, **kwargs)
+
+    @property
+    def warning_interval(self) -> float:
+        """Seconds between two WARNING lines about drops of one reason (60); all are counted."""
+        return self._refusals.interval
+
+    @warning_interval.setter
+    def warning_interval(self, seconds: float) -> None:
+        self._refusals.interval = seconds
 
     def init_socket(self) -> None:
         super().init_socket()
-        self._where = describe_peer(self.address)
+        self._refusals.where = describe_peer(self.address)
 
     def do_read(self) -> tuple[bytes, ProxiedAddress] | None:
         # Runs in the hub: never blocks. Reads until a datagram is accepted,
@@ -183,21 +184,8 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
         return data[length:], address
 
     def _drop(self, reason: Reason, message: str, real_peer: Any) -> None:
-        failures = self.failures
-        failures[reason] += 1
-        # A flood must not flood the log: one WARNING per reason per interval.
-        now = time.monotonic()
-        last = self._warned.get(reason)
-        if last is None or now - last[0] >= self.warning_interval:
-            unlogged = failures[reason] - 1 - (last[1] if last is not None else 0)
-            self._warned[reason] = (now, failures[reason])
-            since = f"; {unlogged} more since the last warning" if unlogged else ""
-            log.warning("UDP datagram dropped from %s on %s: %s: %s (every drop is counted in failures; "
-                        "at most one warning per reason every %.0f s%s)", describe_peer(real_peer), self._where,
-                        reason.value, message, self.warning_interval, since)  # fmt: skip
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug("UDP datagram dropped from %s on %s: %s: %s", describe_peer(real_peer), self._where,
-                      reason.value, message)  # fmt: skip
+        self.failures[reason] += 1
+        self._refusals.refused(reason.value, message, real_peer)
 
     def sendto(self, data: bytes, *args: Any) -> None:
         """Send a datagram; to a :class:`ProxiedAddress`, it goes to the proxy's real address.

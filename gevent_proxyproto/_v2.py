@@ -207,7 +207,9 @@ def _lenient_tlvs(header: bytes, start: int, block_size: int) -> tuple[TLV, ...]
     """
     end = len(header)
     offsets = (start, start + block_size) if block_size and start + block_size <= end else (start,)
-    refusal: InvalidHeader | None = None
+    # The first refusal's reason and message, not the exception: raised from
+    # this frame, a kept exception would be in a reference cycle with it.
+    refusal: tuple[Reason, str] | None = None
     for offset in offsets:
         tlvs = split_tlvs(header, offset, end)
         if tlvs is None:
@@ -215,11 +217,11 @@ def _lenient_tlvs(header: bytes, start: int, block_size: int) -> tuple[TLV, ...]
         try:
             _check_tlvs(header, offset, tlvs)
         except InvalidHeader as error:
-            refusal = refusal or error
+            refusal = refusal or (error.reason, error.message)
             continue
         return tlvs
     if refusal is not None:
-        raise refusal
+        raise InvalidHeader(*refusal)
     return ()
 
 

@@ -28,6 +28,7 @@ from .support import (
     plain_socket_from,
     read_all,
     read_line,
+    refusal_lines,
     serving,
     wait_until,
 )
@@ -177,6 +178,39 @@ def test_untrusted_source_is_closed_without_reading(caplog: pytest.LogCaptureFix
         wait_until(lambda: server.failures[gpp.Reason.UNTRUSTED] == 1)
     assert recorder.seen == []
     assert "trusted_proxies" in caplog.text and "UNTRUSTED" in caplog.text
+
+
+def test_untrusted_line_names_the_peer_not_the_trusted_list(caplog: pytest.LogCaptureFixture) -> None:
+    trusted = [f"10.{i}.0.0/16" for i in range(200)]
+    with serving(Recorder(), trusted_proxies=trusted) as server:
+        with connect(server, V1_TCP4) as client:
+            port = client.getsockname()[1]
+            assert read_all(client) == b""
+        wait_until(lambda: server.failures[gpp.Reason.UNTRUSTED] == 1)
+    [line] = [record.getMessage() for record in caplog.records if "UNTRUSTED" in record.getMessage()]
+    assert f"from 127.0.0.1:{port} " in line
+    assert "10.0.0.0" not in line and "10.199.0.0" not in line and len(line) < 300
+
+
+def test_a_flood_of_refusals_logs_one_warning_per_reason_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="gevent_proxyproto")
+    bad = {"NOT_HDR": b"GET / HTTP/1.1\r\n\r\n", "BAD_HDR": b"PROXY TCP4 1.2.3.4 5.6.7.8 080 443\r\n"}
+    with serving(Recorder()) as server:
+        server.warning_interval = 0.2
+        started = time.monotonic()
+        for _ in range(40):
+            for data in bad.values():
+                with connect(server, data) as client:
+                    assert read_all(client) == b""
+        wait_until(lambda: sum(server.failures.values()) == 80)  # counters count everything
+        flood_seconds = time.monotonic() - started
+        for reason in bad:
+            wait_until(lambda: sum(refusal_lines(caplog.records, reason)) == 40)  # noqa: B023
+            warned, held_back = refusal_lines(caplog.records, reason)
+            assert 1 <= warned <= 2 + flood_seconds / server.warning_interval and held_back > 0
+        with connect(server, V2_TCP4) as good:  # still serving
+            assert read_line(good).startswith(b"('203.0.113.7'")
+    assert "Traceback" not in caplog.text
 
 
 def test_mixed_mode_keys_on_the_source_address() -> None:
