@@ -247,7 +247,9 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
         family, type, proto, fileno: as for :class:`gevent.socket.socket`.
         policy: a :class:`ProxyPolicy`; or its fields as keyword arguments
             (``trusted_proxies``, ``header_timeout``, ...).
-        max_pending: handshakes run at once by :meth:`accept`.
+        max_pending: handshakes run at once by :meth:`accept`; at the cap, a
+            new connection evicts the oldest one still waiting for its
+            header (counted as ``TIMEOUT``).
     """
 
     __slots__ = ("proxy_header", "_peer", "_local", "_policy", "_max_pending", "_acceptor")
@@ -467,6 +469,14 @@ class _Acceptor:
     One greenlet accepts raw connections; each runs its handshake in its own
     greenlet (at most ``max_pending`` at once, counting those ready but not yet
     taken), and finished ones queue up for :meth:`ProxySocket.accept`.
+
+    At the cap, a new connection evicts the handshake that has waited longest
+    for its header (counted as ``TIMEOUT``): silent connections, however many,
+    never hold a good one back for longer than one eviction. Connections whose
+    header is read are never evicted; when they fill every slot, the loop
+    waits for ``accept()`` to take one. (A listening socket shared by forked
+    workers wakes each of them for a connection only one accepts: at the cap,
+    the others may evict a handshake for it.)
     """
 
     def __init__(self, listener: ProxySocket, policy: ProxyPolicy, max_pending: int) -> None:
@@ -476,6 +486,8 @@ class _Acceptor:
         self.ready: Queue[Any] = Queue()
         self.slots = Semaphore(max_pending)
         self.handshakes = Group()
+        #: Handshake greenlets waiting for their header, oldest first (a dict keeps insertion order).
+        self.waiting: dict[Any, None] = {}
         self.refusals = RefusalLog("PROXY header refused", describe_peer(listener.getsockname()))
         self.loop = gevent.spawn(self._accept_forever)
 
@@ -510,6 +522,10 @@ class _Acceptor:
     def _accept_forever(self) -> None:
         listener = self.listener
         while True:
+            if self.slots.locked():
+                # At the cap: once a connection waits in the kernel's queue, make room for it.
+                listener.hub.wait(listener._read_event)
+                self._evict_oldest()
             self.slots.acquire()
             try:
                 fd, address = self._accept_raw(listener)
@@ -528,11 +544,22 @@ class _Acceptor:
             # Wait without the listener's own timeout: that one is for accept()'s caller.
             listener.hub.wait(listener._read_event)
 
+    def _evict_oldest(self) -> None:
+        """End the handshake that has waited longest for its header, if any; its greenlet frees the slot."""
+        for greenlet in self.waiting:
+            greenlet.kill(_Evicted, block=False)
+            return
+
     def _handshake(self, fd: int, real_peer: Any) -> None:
         listener = self.listener
         conn = ProxySocket(listener.family, listener.type, listener.proto, fileno=fd)
+        current = gevent.getcurrent()
+        self.waiting[current] = None  # registered once running: an evicted greenlet always gets to clean up
         try:
-            conn.handshake(real_peer, self.policy)
+            try:
+                conn.handshake(real_peer, self.policy)
+            finally:
+                del self.waiting[current]
         except ProxyProtocolError as error:
             conn.close()
             self.slots.release()
@@ -557,6 +584,13 @@ class _Acceptor:
                 item[0].close()
         # Wake greenlets blocked in accept(): the socket is closed.
         self.ready.put(_Stopped(errno.EBADF, "Bad file descriptor"))
+
+
+class _Evicted(HeaderTimeout):
+    """Raised in a handshake waiting for its header, to make room for a new connection at ``max_pending``."""
+
+    def __init__(self) -> None:
+        super().__init__("evicted: the oldest handshake still waiting for its header when max_pending was reached")
 
 
 class _Stopped(OSError):

@@ -454,20 +454,53 @@ class TestProxySocketListener:
             conn.close()
             good.close()
 
-    def test_pending_cap_limits_handshakes_in_flight(self) -> None:
-        with self._listener(max_pending=2, header_timeout=10) as listener:
-            stalled = [gevent.socket.create_connection(listener.getsockname()) for _ in range(2)]
+    @staticmethod
+    def _still_open(client: gevent.socket.socket) -> bool:
+        """Whether the server has not closed ``client`` (nothing was ever sent to it)."""
+        client.setblocking(False)
+        try:
+            return client.recv(1) != b""
+        except BlockingIOError:
+            return True
+        except ConnectionResetError:
+            return False
+        finally:
+            client.setblocking(True)
+
+    @pytest.mark.parametrize("silent_count", [4, 12], ids=["at-the-cap", "three-times-the-cap"])
+    def test_silent_connections_at_the_cap_never_hold_a_good_one_back(
+        self, silent_count: int, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # header_timeout is far away: only eviction can make room for the good client.
+        with self._listener(max_pending=4, header_timeout=60) as listener:
+            silent = [gevent.socket.create_connection(listener.getsockname()) for _ in range(silent_count)]
             good = gevent.socket.create_connection(listener.getsockname())
             good.sendall(V1_TCP4)
-            with pytest.raises(socket.timeout):
-                listener.settimeout(0.3)
-                listener.accept()  # both slots are taken by silent clients
-            stalled[0].close()  # frees a slot once its handshake fails (EMPTY)
-            listener.settimeout(5)
             conn, address = listener.accept()
             assert address == ("203.0.113.7", 4242)
-            for client in stalled + [good, conn]:
+            # The oldest were evicted, one per newer connection; the 3 newest still wait for their header.
+            evicted = silent_count - 3
+            assert listener.failures == {gpp.Reason.TIMEOUT: evicted}
+            assert [read_all(client) for client in silent[:evicted]] == [b""] * evicted
+            assert all(self._still_open(client) for client in silent[evicted:])
+            conn.sendall(b"served\n")
+            assert read_line(good) == b"served\n"
+            for client in silent + [good, conn]:
                 client.close()
+        evictions = [record.getMessage() for record in caplog.records if "evicted" in record.getMessage()]
+        assert 1 <= len(evictions) <= evicted  # rate-limited: one WARNING per reason per interval
+
+    def test_connections_ready_for_accept_are_never_evicted(self) -> None:
+        with self._listener(max_pending=2) as listener:
+            clients = []
+            for _ in range(3):  # the third waits in the kernel's queue until accept() takes one
+                client = gevent.socket.create_connection(listener.getsockname())
+                client.sendall(V1_TCP4)
+                clients.append(client)
+            accepted = [listener.accept()[0] for _ in range(3)]
+            assert listener.failures == {}
+            for sock in clients + accepted:
+                sock.close()
 
     def test_close_wakes_a_waiting_accept(self) -> None:
         listener = self._listener()
