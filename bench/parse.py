@@ -73,12 +73,13 @@ importable), and our whole parse with each of them (by swapping
 
 Reproduce
 ---------
-The peers and the ``crc32c`` package are benchmark-only: they are never
-dependencies of gevent_proxyproto. From the repository root::
+The peers are benchmark-only: they are never dependencies of
+gevent_proxyproto (``crc32c``, the C CRC32C, is one on CPython). From the
+repository root::
 
     python3 -m venv /tmp/bench-venv              # throwaway
     /tmp/bench-venv/bin/pip install proxy-protocol twisted   # the peers
-    /tmp/bench-venv/bin/pip install crc32c       # optional: the C CRC32C
+    /tmp/bench-venv/bin/pip install crc32c       # what the default install brings
     /tmp/bench-venv/bin/python bench/parse.py --json /tmp/parse-bench.json
     /tmp/bench-venv/bin/python bench/parse.py --pure-crc32c   # as if crc32c were absent
 

@@ -523,8 +523,12 @@ class _Acceptor:
         listener = self.listener
         while True:
             if self.slots.locked():
-                # At the cap: once a connection waits in the kernel's queue, make room for it.
+                # At the cap: once a connection waits in the kernel's queue,
+                # make room for it. First yield once: handshakes spawned in a
+                # burst start (in order) before this loop resumes, so the ones
+                # waiting for their header are all in self.waiting.
                 listener.hub.wait(listener._read_event)
+                gevent.sleep(0)
                 self._evict_oldest()
             self.slots.acquire()
             try:

@@ -4,6 +4,7 @@ import logging
 import socket
 import ssl
 import time
+from typing import Any
 
 import gevent
 import gevent.event
@@ -411,7 +412,7 @@ class TestProxySocketListener:
     def _listener(self, **kwargs: object) -> gpp.ProxySocket:
         listener = gpp.ProxySocket(socket.AF_INET, socket.SOCK_STREAM, **kwargs)
         listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
+        listener.listen(1024)
         return listener
 
     def test_accept_returns_a_proxied_connection(self) -> None:
@@ -455,7 +456,7 @@ class TestProxySocketListener:
             good.close()
 
     @staticmethod
-    def _still_open(client: gevent.socket.socket) -> bool:
+    def _still_open(client: socket.socket) -> bool:
         """Whether the server has not closed ``client`` (nothing was ever sent to it)."""
         client.setblocking(False)
         try:
@@ -467,19 +468,32 @@ class TestProxySocketListener:
         finally:
             client.setblocking(True)
 
-    @pytest.mark.parametrize("silent_count", [4, 12], ids=["at-the-cap", "three-times-the-cap"])
+    @pytest.fixture(params=["default", "tiny"], ids=["switch-interval-default", "switch-interval-tiny"])
+    def switch_interval(self, request: pytest.FixtureRequest) -> Any:
+        # A tiny switch interval makes gevent poll I/O between any two callbacks: the accept
+        # loop may then see a new connection before the handshakes it spawned have started.
+        saved = gevent.getswitchinterval()
+        if request.param == "tiny":
+            gevent.setswitchinterval(1e-6)
+        yield
+        gevent.setswitchinterval(saved)
+
+    @pytest.mark.parametrize(("max_pending", "silent_count"), [(4, 4), (4, 12), (300, 900)], ids=["at-the-cap", "three-times-the-cap", "burst"])
+    @pytest.mark.usefixtures("switch_interval")
     def test_silent_connections_at_the_cap_never_hold_a_good_one_back(
-        self, silent_count: int, caplog: pytest.LogCaptureFixture
+        self, max_pending: int, silent_count: int, caplog: pytest.LogCaptureFixture
     ) -> None:
         # header_timeout is far away: only eviction can make room for the good client.
-        with self._listener(max_pending=4, header_timeout=60) as listener:
-            silent = [gevent.socket.create_connection(listener.getsockname()) for _ in range(silent_count)]
-            good = gevent.socket.create_connection(listener.getsockname())
+        with self._listener(max_pending=max_pending, header_timeout=60) as listener:
+            # Blocking stdlib connects: the kernel completes them without yielding to the hub, so
+            # the accept loop finds them all queued and spawns max_pending handshakes in a burst.
+            silent = [socket.create_connection(listener.getsockname()) for _ in range(silent_count)]
+            good = socket.create_connection(listener.getsockname())
             good.sendall(V1_TCP4)
             conn, address = listener.accept()
             assert address == ("203.0.113.7", 4242)
-            # The oldest were evicted, one per newer connection; the 3 newest still wait for their header.
-            evicted = silent_count - 3
+            # The oldest were evicted, one per newer connection; the newest still wait for their header.
+            evicted = silent_count - (max_pending - 1)
             assert listener.failures == {gpp.Reason.TIMEOUT: evicted}
             assert [read_all(client) for client in silent[:evicted]] == [b""] * evicted
             assert all(self._still_open(client) for client in silent[evicted:])
