@@ -13,8 +13,10 @@ a per-round ratio to its baseline (median [IQR] (min-max)).
   that fits the size cap, ``crc256``: 16,384 bytes, an INET block, a NOOP TLV
   as padding and 256 CRC32C TLVs (refused at the second CRC32C, before any
   checksum is computed). Also the server's CPU per connection, and a good
-  client's round trip while an attacker process keeps ``--attackers``
-  (20) such headers in flight.
+  client's round trip while an attacker process keeps ``--attackers`` (20)
+  such headers in flight, against the same with HTTP requests in flight
+  (refused at their first byte): a closed-loop flood of any bad connection
+  saturates the server, the question is how much worse this header is.
 * ``udp``: a ``ProxyDatagramServer`` (echo). The server's CPU per datagram for
   a good datagram, the ``crc256`` header as a datagram, and a 60,000-byte
   datagram (refused from its preamble: over ``max_header_size``).
@@ -182,8 +184,12 @@ def connection(address: tuple[str, int], data: bytes) -> float:
     return time.perf_counter() - started
 
 
-def tcp_attacker(address: tuple[str, int], in_flight: int, seconds: float) -> int:
-    """Keep ``in_flight`` crc256 connections open for ``seconds``; as each is refused, open the next."""
+#: What an attacker sends: the crc256 header, or an HTTP request (refused at its first byte: the cheapest refusal).
+ATTACKS = {"crc256": CRC256, "http": REQUEST}
+
+
+def tcp_attacker(address: tuple[str, int], data: bytes, in_flight: int, seconds: float) -> int:
+    """Keep ``in_flight`` connections sending ``data`` open for ``seconds``; as each is refused, open the next."""
     import selectors
 
     selector = selectors.DefaultSelector()
@@ -194,7 +200,7 @@ def tcp_attacker(address: tuple[str, int], in_flight: int, seconds: float) -> in
         nonlocal opened
         sock = socket.create_connection(address)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-        sock.sendall(CRC256)
+        sock.sendall(data)
         selector.register(sock, selectors.EVENT_READ)
         opened += 1
 
@@ -227,7 +233,8 @@ def good_latencies(address: tuple[str, int], count: int) -> list[float]:
 def part_tcp(rounds: int, count: int, attackers: int) -> dict[str, Any]:
     server = Child("tcp")
     per_round: dict[str, list[float]] = {name: [] for name in ("good_ms", "crc256_ms", "good_cpu_us", "crc256_cpu_us",
-                                                                "good_under_attack_ms", "good_alone_ms")}  # fmt: skip
+                                                                "good_alone_ms", "good_under_crc256_ms",
+                                                                "good_under_http_ms")}  # fmt: skip
     try:
         for round_index in range(rounds):
             for name in ("good", "crc256") if round_index % 2 == 0 else ("crc256", "good"):
@@ -236,18 +243,20 @@ def part_tcp(rounds: int, count: int, attackers: int) -> dict[str, Any]:
                 times = [connection(server.address, data) for _ in range(count)]
                 per_round[f"{name}_cpu_us"].append((server.stats()["cpu"] - before) / count * 1e6)
                 per_round[f"{name}_ms"].append(sorted(times)[len(times) // 2] * 1e3)
-            # A good client's round trip, alone and with `attackers` crc256 headers in flight.
+            # A good client's round trip, alone and with `attackers` bad connections in flight: crc256
+            # headers, or HTTP requests (the cheapest refusal: any closed-loop flood saturates the server).
             alone = good_latencies(server.address, count)
-            attacker = subprocess.Popen([sys.executable, __file__, "--attack-tcp", str(server.address[1]),
-                                         "--attackers", str(attackers), "--seconds", "30"])  # fmt: skip
-            try:
-                time.sleep(0.3)  # let the attack reach its steady state (a pace, not a synchronisation)
-                attacked = good_latencies(server.address, count)
-            finally:
-                attacker.terminate()
-                attacker.wait()
             per_round["good_alone_ms"].append(sorted(alone)[len(alone) // 2] * 1e3)
-            per_round["good_under_attack_ms"].append(sorted(attacked)[len(attacked) // 2] * 1e3)
+            for attack in ("crc256", "http") if round_index % 2 == 0 else ("http", "crc256"):
+                attacker = subprocess.Popen([sys.executable, __file__, "--attack-tcp", str(server.address[1]),
+                                             "--attack", attack, "--attackers", str(attackers), "--seconds", "30"])
+                try:
+                    time.sleep(0.3)  # let the attack reach its steady state (a pace, not a synchronisation)
+                    attacked = good_latencies(server.address, count)
+                finally:
+                    attacker.terminate()
+                    attacker.wait()
+                per_round[f"good_under_{attack}_ms"].append(sorted(attacked)[len(attacked) // 2] * 1e3)
         failures = server.stats()["failures"]
     finally:
         server.close()
@@ -260,9 +269,12 @@ def part_tcp(rounds: int, count: int, attackers: int) -> dict[str, Any]:
         "crc256_cpu_us": summarize(per_round["crc256_cpu_us"]),
         "good_cpu_us": summarize(per_round["good_cpu_us"]),
         "crc256_over_good_cpu": ratio_summary(per_round["crc256_cpu_us"], per_round["good_cpu_us"]),
-        "good_under_attack_ms": summarize(per_round["good_under_attack_ms"]),
         "good_alone_ms": summarize(per_round["good_alone_ms"]),
-        "attack_over_alone": ratio_summary(per_round["good_under_attack_ms"], per_round["good_alone_ms"]),
+        "good_under_crc256_ms": summarize(per_round["good_under_crc256_ms"]),
+        "good_under_http_ms": summarize(per_round["good_under_http_ms"]),
+        "crc256_attack_over_alone": ratio_summary(per_round["good_under_crc256_ms"], per_round["good_alone_ms"]),
+        "crc256_attack_over_http_attack": ratio_summary(per_round["good_under_crc256_ms"],
+                                                        per_round["good_under_http_ms"]),
     }
 
 
@@ -366,12 +378,13 @@ def main() -> int:
     options.add_argument("--json")
     options.add_argument("--child", choices=("tcp", "udp", "silent"), help=argparse.SUPPRESS)
     options.add_argument("--attack-tcp", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    options.add_argument("--attack", choices=sorted(ATTACKS), default="crc256", help=argparse.SUPPRESS)
     options.add_argument("--seconds", type=float, default=30, help=argparse.SUPPRESS)
     args = options.parse_args()
     if args.child:
         return child(args.child, args.max_pending)
     if args.attack_tcp:
-        tcp_attacker(("127.0.0.1", args.attack_tcp), args.attackers, args.seconds)
+        tcp_attacker(("127.0.0.1", args.attack_tcp), ATTACKS[args.attack], args.attackers, args.seconds)
         return 0
     if args.quick:
         args.rounds, args.count, args.silent, args.good = 3, 50, 1500, 20
@@ -385,8 +398,10 @@ def main() -> int:
               f"ratio {fmt(tcp['crc256_over_good_time'])}")  # fmt: skip
         print(f"tcp  server CPU us/conn crc256 {fmt(tcp['crc256_cpu_us'], digits=1)}, good "
               f"{fmt(tcp['good_cpu_us'], digits=1)}, ratio {fmt(tcp['crc256_over_good_cpu'])}")  # fmt: skip
-        print(f"tcp  good RTT ms with {args.attackers} crc256 in flight {fmt(tcp['good_under_attack_ms'])}, "
-              f"alone {fmt(tcp['good_alone_ms'])}, ratio {fmt(tcp['attack_over_alone'])}; {tcp['failures']}")
+        print(f"tcp  good RTT ms alone {fmt(tcp['good_alone_ms'])}; with {args.attackers} in flight: crc256 "
+              f"{fmt(tcp['good_under_crc256_ms'])} (x{fmt(tcp['crc256_attack_over_alone'])} alone), http "
+              f"{fmt(tcp['good_under_http_ms'])}; crc256/http {fmt(tcp['crc256_attack_over_http_attack'])}; "
+              f"{tcp['failures']}")
     if "udp" in parts:
         udp = report["udp"] = part_udp(args.rounds, args.count)
         print(f"udp  server CPU us/datagram good {fmt(udp['good_cpu_us'], digits=1)}, crc256 "
