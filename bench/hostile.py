@@ -206,15 +206,16 @@ def tcp_attacker(address: tuple[str, int], data: bytes, in_flight: int, seconds:
 
     for _ in range(in_flight):
         open_one()
+    print("ready", flush=True)  # the parent measures from here
     while time.monotonic() < ends:
         for key, _ in selector.select(timeout=0.1):
             sock = key.fileobj
             assert isinstance(sock, socket.socket)
             try:
-                data = sock.recv(65536)
+                reply = sock.recv(65536)
             except ConnectionResetError:
-                data = b""
-            if not data:
+                reply = b""
+            if not reply:  # refused: open the next one
                 selector.unregister(sock)
                 sock.close()
                 open_one()
@@ -249,9 +250,10 @@ def part_tcp(rounds: int, count: int, attackers: int) -> dict[str, Any]:
             per_round["good_alone_ms"].append(sorted(alone)[len(alone) // 2] * 1e3)
             for attack in ("crc256", "http") if round_index % 2 == 0 else ("http", "crc256"):
                 attacker = subprocess.Popen([sys.executable, __file__, "--attack-tcp", str(server.address[1]),
-                                             "--attack", attack, "--attackers", str(attackers), "--seconds", "30"])
+                                             "--attack", attack, "--attackers", str(attackers), "--seconds", "30"],
+                                            stdout=subprocess.PIPE)  # fmt: skip
                 try:
-                    time.sleep(0.3)  # let the attack reach its steady state (a pace, not a synchronisation)
+                    assert attacker.stdout is not None and attacker.stdout.readline() == b"ready\n"
                     attacked = good_latencies(server.address, count)
                 finally:
                     attacker.terminate()
