@@ -275,8 +275,9 @@ def part_tcp(rounds: int, count: int, attackers: int) -> dict[str, Any]:
         "good_under_crc256_ms": summarize(per_round["good_under_crc256_ms"]),
         "good_under_http_ms": summarize(per_round["good_under_http_ms"]),
         "crc256_attack_over_alone": ratio_summary(per_round["good_under_crc256_ms"], per_round["good_alone_ms"]),
-        "crc256_attack_over_http_attack": ratio_summary(per_round["good_under_crc256_ms"],
-                                                        per_round["good_under_http_ms"]),
+        "crc256_attack_over_http_attack": ratio_summary(
+            per_round["good_under_crc256_ms"], per_round["good_under_http_ms"]
+        ),
     }
 
 
@@ -400,15 +401,19 @@ def main() -> int:
               f"ratio {fmt(tcp['crc256_over_good_time'])}")  # fmt: skip
         print(f"tcp  server CPU us/conn crc256 {fmt(tcp['crc256_cpu_us'], digits=1)}, good "
               f"{fmt(tcp['good_cpu_us'], digits=1)}, ratio {fmt(tcp['crc256_over_good_cpu'])}")  # fmt: skip
-        print(f"tcp  good RTT ms alone {fmt(tcp['good_alone_ms'])}; with {args.attackers} in flight: crc256 "
-              f"{fmt(tcp['good_under_crc256_ms'])} (x{fmt(tcp['crc256_attack_over_alone'])} alone), http "
-              f"{fmt(tcp['good_under_http_ms'])}; crc256/http {fmt(tcp['crc256_attack_over_http_attack'])}; "
-              f"{tcp['failures']}")
+        print(
+            f"tcp  good RTT ms alone {fmt(tcp['good_alone_ms'])}; with {args.attackers} in flight: crc256 "
+            f"{fmt(tcp['good_under_crc256_ms'])} (x{fmt(tcp['crc256_attack_over_alone'])} alone), http "
+            f"{fmt(tcp['good_under_http_ms'])}; crc256/http {fmt(tcp['crc256_attack_over_http_attack'])}; "
+            f"{tcp['failures']}"
+        )
     if "udp" in parts:
         udp = report["udp"] = part_udp(args.rounds, args.count)
-        print(f"udp  server CPU us/datagram good {fmt(udp['good_cpu_us'], digits=1)}, crc256 "
-              f"{fmt(udp['crc256_cpu_us'], digits=1)} (x{fmt(udp['crc256_over_good_cpu'])}), oversize 60 KB "
-              f"{fmt(udp['oversize_cpu_us'], digits=1)} (x{fmt(udp['oversize_over_good_cpu'])}); {udp['failures']}")
+        print(
+            f"udp  server CPU us/datagram good {fmt(udp['good_cpu_us'], digits=1)}, crc256 "
+            f"{fmt(udp['crc256_cpu_us'], digits=1)} (x{fmt(udp['crc256_over_good_cpu'])}), oversize 60 KB "
+            f"{fmt(udp['oversize_cpu_us'], digits=1)} (x{fmt(udp['oversize_over_good_cpu'])}); {udp['failures']}"
+        )
     if "silent" in parts:
         silent = report["silent"] = part_silent(args.rounds, args.silent, args.good, args.max_pending)
         print(f"silent {args.silent} silent, max_pending {args.max_pending}: good ms "

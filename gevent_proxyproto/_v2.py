@@ -263,7 +263,8 @@ def _check_tlv(tlv_type: int, value: bytes) -> None:
             value.decode("utf-8")
         except UnicodeDecodeError as error:
             raise InvalidHeader(
-                Reason.BAD_HDR, f"v2 AUTHORITY TLV is not UTF-8 (byte {error.start}: {value[error.start:error.start + 1].hex()})"
+                Reason.BAD_HDR,
+                f"v2 AUTHORITY TLV is not UTF-8 (byte {error.start}: {value[error.start : error.start + 1].hex()})",
             ) from None
     elif tlv_type == _UNIQUE_ID:
         if size > UNIQUE_ID_MAX:

@@ -478,7 +478,11 @@ class TestProxySocketListener:
         yield
         gevent.setswitchinterval(saved)
 
-    @pytest.mark.parametrize(("max_pending", "silent_count"), [(4, 4), (4, 12), (300, 900)], ids=["at-the-cap", "three-times-the-cap", "burst"])
+    @pytest.mark.parametrize(
+        ("max_pending", "silent_count"),
+        [(4, 4), (4, 12), (300, 900)],
+        ids=["at-the-cap", "three-times-the-cap", "burst"],
+    )
     @pytest.mark.usefixtures("switch_interval")
     def test_silent_connections_at_the_cap_never_hold_a_good_one_back(
         self, max_pending: int, silent_count: int, caplog: pytest.LogCaptureFixture
