@@ -22,14 +22,18 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "gevent>=24.2",
+        # CRC32C in C (SSE4.2 / ARMv8 instructions, else slice-by-8): wheels for
+        # every CPython 3.10+ on Linux (glibc, musl), macOS and Windows. Other
+        # interpreters use the pure-Python fall-back of _crc32c.py.
+        'crc32c>=2.7; platform_python_implementation == "CPython"',
         # tomllib is in the standard library from Python 3.11.
         'tomli>=1.1; python_version < "3.11"',
     ],
     entry_points={"console_scripts": ["gevent-proxyproto = gevent_proxyproto.__main__:main"]},
     extras_require={
         "test": ["pytest>=7", "mock>=5", "hypothesis>=6.80"],
-        # A C implementation of CRC32C; the pure-Python one is used without it.
-        "speedups": ["crc32c>=2.3"],
+        # Kept for installs that name it; crc32c is now a default dependency.
+        "speedups": [],
     },
     classifiers=[
         "Framework :: gevent",

@@ -15,7 +15,9 @@ from ._v2 import parse_v2
 BytesLike = bytes | bytearray | memoryview
 
 
-def parse(data: BytesLike, *, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, int]:
+def parse(
+    data: BytesLike, *, allow_v4_in_tcp6: bool = False, max_header_size: int = V2_MAX_LENGTH
+) -> tuple[ProxyHeader, int]:
     """Parse the PROXY header at the start of ``data``.
 
     Bytes after the header are never looked at.
@@ -25,6 +27,9 @@ def parse(data: BytesLike, *, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHead
         allow_v4_in_tcp6: a compatibility switch for nginx relays that write
             IPv4 addresses in a v1 ``TCP6`` line (invalid by default); they are
             reported v4-mapped.
+        max_header_size: refuse a longer header (``BAD_HDR``). A v2 header
+            is refused from the length in its preamble, before any of the
+            rest is parsed or waited for.
 
     Returns:
         ``(header, length)``: the header and its size in bytes.
@@ -43,7 +48,10 @@ def parse(data: BytesLike, *, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHead
         data = bytes(data[: V1_MAX_LENGTH if data[0] == 0x50 else V2_MAX_LENGTH])
     first = data[0]
     if first == 0x0D:
-        return parse_v2(data)
+        return parse_v2(data, max_header_size)
     if first == 0x50:
-        return parse_v1(data, allow_v4_in_tcp6)
+        header, length = parse_v1(data, allow_v4_in_tcp6)  # at most 107 bytes: bounded work
+        if length > max_header_size:
+            raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({length})")
+        return header, length
     raise InvalidHeader(Reason.NOT_HDR, f"not a PROXY header: starts with {data[:8]!r}")

@@ -12,11 +12,12 @@ import time
 from collections import Counter
 from typing import Any
 
+import gevent
 from gevent.server import StreamServer
 
 from ._errors import ProxyProtocolError, Reason
 from ._model import Command, ProxyHeader
-from ._socket import ProxyPolicy, ProxySocket, describe_peer, log_refusal
+from ._socket import ProxyPolicy, ProxySocket, RefusalLog, describe_peer
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -67,7 +68,18 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         #: Connections whose TLS handshake (after a valid header) failed.
         self.tls_failures = 0
         self._where = "?"
+        self._refusals = RefusalLog("PROXY header refused")
+        self._tls_refusals = RefusalLog("TLS handshake failed")
         super().__init__(listener, handle=handle, backlog=backlog, spawn=spawn, **kwargs)
+
+    @property
+    def warning_interval(self) -> float:
+        """Seconds between two WARNING lines about refusals of one reason (60); all are counted."""
+        return self._refusals.interval
+
+    @warning_interval.setter
+    def warning_interval(self, seconds: float) -> None:
+        self._refusals.interval = self._tls_refusals.interval = seconds
 
     def init_socket(self) -> None:
         super().init_socket()
@@ -80,7 +92,7 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
 # The per-connection logic of a PROXY StreamServer, shared by ProxyStreamServer
 # and the StreamServers that gevent_proxyproto.monkey turns into PROXY servers.
 # `server` is a StreamServer with the attributes ProxyStreamServer defines:
-# policy, failures, tls_failures, _where.
+# policy, failures, tls_failures, _where, _refusals, _tls_refusals.
 
 
 def read_headers_first(server: Any) -> None:
@@ -101,6 +113,10 @@ def read_headers_first(server: Any) -> None:
             server.wrap_socket = _wrap_with_ssl_args
     server._handle = functools.partial(_handshake_and_handle, server)
     server._where = describe_peer(server.address)
+    for attribute, what in (("_refusals", "PROXY header refused"), ("_tls_refusals", "TLS handshake failed")):
+        if attribute not in server.__dict__:  # a StreamServer that gevent_proxyproto.monkey turned into a PROXY one
+            setattr(server, attribute, RefusalLog(what))
+        getattr(server, attribute).where = server._where
 
 
 def accept_connection(server: Any) -> tuple[ProxySocket, Any] | None:
@@ -122,7 +138,7 @@ def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> A
         header = client.handshake(real_peer, policy, deadline)
     except ProxyProtocolError as error:
         server.failures[error.reason] += 1
-        log_refusal(error, real_peer, server._where)
+        server._refusals.refused(error.reason.value, error.message, real_peer)
         return None  # the server's do_close closes the socket
     # The accepted address, not a new getpeername(): a health check may
     # already have reset the connection.
@@ -148,12 +164,18 @@ def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
 
 def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
     saved_timeout = client.timeout
-    client.timeout = max(deadline - time.monotonic(), 0.001)
+    remaining = max(deadline - time.monotonic(), 0.001)
+    # The socket's timeout bounds each wait of the handshake, not all of it: a
+    # ClientHello trickled a byte at a time would restart it at every byte. The
+    # gevent.Timeout bounds the whole (nginx's ssl_handshake_timeout is a total
+    # too). Its exception is an OSError, so gevent's SSLSocket closes itself.
+    client.timeout = remaining
     try:
-        tls = server.wrap_socket(client, **server.ssl_args)
+        with gevent.Timeout(remaining, TimeoutError("TLS handshake not finished within header_timeout")):
+            tls = server.wrap_socket(client, **server.ssl_args)
     except (OSError, ValueError) as error:  # ssl.SSLError and socket.timeout are OSErrors
         server.tls_failures += 1
-        log.warning("TLS handshake failed from %s on %s: %s", describe_peer(real_peer), server._where, error)
+        server._tls_refusals.refused("TLS", str(error), real_peer)
         return None
     tls.timeout = saved_timeout
     return tls

@@ -49,6 +49,8 @@ DEFAULT_MAX_HEADER_SIZE = 16384
 #: Handshakes a listening ProxySocket runs at once (headers being read plus
 #: connections ready but not yet accepted).
 DEFAULT_MAX_PENDING = 1024
+#: Seconds between two WARNING lines about refusals of the same reason.
+DEFAULT_WARNING_INTERVAL = 60.0
 
 #: One peek reads this much: every v1 line (107 bytes) and most v2 headers,
 #: so a header that arrived in one segment costs one peek and one exact read.
@@ -130,7 +132,8 @@ def read_header(
         while True:
             data = received + peeked
             try:
-                header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6)
+                # The size cap is checked by parse() from a v2 preamble, before the rest is parsed or read.
+                header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
             except IncompleteHeader as incomplete:
                 needed = incomplete.needed
             else:
@@ -141,7 +144,7 @@ def read_header(
             # there would keep the exception, its traceback and the parser's
             # frames alive for as long as the client takes.
             known = len(data) + needed
-            if known > max_header_size:
+            if known > max_header_size:  # a v1 line still arriving (v2: refused by parse())
                 raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})")
             if peeked or data[0] == 0x0D:
                 # Everything seen, and `needed` more, is header: consume what
@@ -244,7 +247,9 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
         family, type, proto, fileno: as for :class:`gevent.socket.socket`.
         policy: a :class:`ProxyPolicy`; or its fields as keyword arguments
             (``trusted_proxies``, ``header_timeout``, ...).
-        max_pending: handshakes run at once by :meth:`accept`.
+        max_pending: handshakes run at once by :meth:`accept`; at the cap, a
+            new connection evicts the oldest one still waiting for its
+            header (counted as ``TIMEOUT``).
     """
 
     __slots__ = ("proxy_header", "_peer", "_local", "_policy", "_max_pending", "_acceptor")
@@ -310,10 +315,8 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
         if real_peer not in policy.trusted:
             if policy.untrusted == UNTRUSTED_DIRECT:
                 return None
-            raise UntrustedSource(
-                f"{describe_peer(real_peer)} is not in trusted_proxies {policy.trusted!r}; if it is your load "
-                "balancer, add its address or network to trusted_proxies"
-            )
+            # The peer, not the list: a line per refusal must stay short (the list can be long).
+            raise UntrustedSource(f"{describe_peer(real_peer)} is not in trusted_proxies")
         if deadline is None:
             deadline = _monotonic() + policy.header_timeout
         header = read_header(self, deadline, policy.max_header_size, policy.allow_v4_in_tcp6)
@@ -401,15 +404,63 @@ def _enable_starttls() -> None:
     _starttls_enabled = True
 
 
-def log_refusal(error: ProxyProtocolError, real_peer: Any, where: str) -> None:
-    """The one log line for a refused connection: reason, real peer, no traceback.
+class RefusalLog:
+    """The log lines for refused connections or datagrams: a flood cannot flood the log.
 
-    Closed-before-a-byte connections (port scans, a proxy's plain TCP checks)
-    are only worth a debug line.
+    Per reason, the first refusal in ``interval`` seconds is logged at WARNING
+    and the others at DEBUG; at the end of an interval in which some were held
+    back, one WARNING says how many. Closed-before-a-byte connections (port
+    scans, a proxy's plain TCP checks) are only ever worth a DEBUG line. The
+    callers count every refusal in their ``failures``.
+
+    Args:
+        what: the start of each line, e.g. ``"PROXY header refused"``.
+        where: the listening address, as :func:`describe_peer` writes it.
+        interval: seconds between two WARNING lines of one reason.
     """
-    level = logging.DEBUG if error.reason in (Reason.EMPTY, Reason.ABORT) else logging.WARNING
-    if log.isEnabledFor(level):
-        log.log(level, "PROXY header refused from %s on %s: %s", describe_peer(real_peer), where, error)
+
+    def __init__(self, what: str, where: str = "?", interval: float = DEFAULT_WARNING_INTERVAL) -> None:
+        self.what = what
+        self.where = where
+        self.interval = interval
+        #: Reason -> when its last WARNING line was written.
+        self._warned_at: dict[str, float] = {}
+        #: Reason -> refusals held back at DEBUG since its last WARNING line.
+        self._held_back: Counter[str] = Counter()
+        self._report_timer: Any = None
+
+    def refused(self, reason: str, message: str, real_peer: Any) -> None:
+        """Log one refusal of ``reason`` from ``real_peer``, at most once per interval at WARNING."""
+        if reason in _QUIET_REASONS:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s from %s on %s: %s: %s", self.what, describe_peer(real_peer), self.where, reason, message)
+            return
+        now = _monotonic()
+        warned_at = self._warned_at.get(reason)
+        if warned_at is None or now - warned_at >= self.interval:
+            self._warned_at[reason] = now
+            log.warning("%s from %s on %s: %s: %s (at most one warning per reason every %g s; all are counted)",
+                        self.what, describe_peer(real_peer), self.where, reason, message, self.interval)  # fmt: skip
+            return
+        self._held_back[reason] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s from %s on %s: %s: %s", self.what, describe_peer(real_peer), self.where, reason, message)
+        if self._report_timer is None:
+            # Report at the end of this reason's interval; ref=False: a pending
+            # report never keeps the event loop (and so a program) alive.
+            timer = gevent.get_hub().loop.timer(max(warned_at + self.interval - now, 0.0), 0, ref=False)
+            timer.start(self._report_held_back)
+            self._report_timer = timer
+
+    def _report_held_back(self) -> None:
+        self._report_timer = None
+        held_back, self._held_back = self._held_back, Counter()
+        for reason, count in sorted(held_back.items()):
+            log.warning("%s on %s: suppressed %d more %s since the last warning", self.what, self.where, count, reason)
+
+
+#: Refusals that name no defect: a connection closed before or during its header.
+_QUIET_REASONS = frozenset((Reason.EMPTY.value, Reason.ABORT.value))
 
 
 class _Acceptor:
@@ -418,6 +469,14 @@ class _Acceptor:
     One greenlet accepts raw connections; each runs its handshake in its own
     greenlet (at most ``max_pending`` at once, counting those ready but not yet
     taken), and finished ones queue up for :meth:`ProxySocket.accept`.
+
+    At the cap, a new connection evicts the handshake that has waited longest
+    for its header (counted as ``TIMEOUT``): silent connections, however many,
+    never hold a good one back for longer than one eviction. Connections whose
+    header is read are never evicted; when they fill every slot, the loop
+    waits for ``accept()`` to take one. (A listening socket shared by forked
+    workers wakes each of them for a connection only one accepts: at the cap,
+    the others may evict a handshake for it.)
     """
 
     def __init__(self, listener: ProxySocket, policy: ProxyPolicy, max_pending: int) -> None:
@@ -427,7 +486,9 @@ class _Acceptor:
         self.ready: Queue[Any] = Queue()
         self.slots = Semaphore(max_pending)
         self.handshakes = Group()
-        self.where = describe_peer(listener.getsockname())
+        #: Handshake greenlets waiting for their header, oldest first (a dict keeps insertion order).
+        self.waiting: dict[Any, None] = {}
+        self.refusals = RefusalLog("PROXY header refused", describe_peer(listener.getsockname()))
         self.loop = gevent.spawn(self._accept_forever)
 
     def next(self, timeout: float | None) -> tuple[ProxySocket, Any]:
@@ -461,6 +522,14 @@ class _Acceptor:
     def _accept_forever(self) -> None:
         listener = self.listener
         while True:
+            if self.slots.locked():
+                # At the cap: once a connection waits in the kernel's queue,
+                # make room for it. First yield once: handshakes spawned in a
+                # burst start (in order) before this loop resumes, so the ones
+                # waiting for their header are all in self.waiting.
+                listener.hub.wait(listener._read_event)
+                gevent.sleep(0)
+                self._evict_oldest()
             self.slots.acquire()
             try:
                 fd, address = self._accept_raw(listener)
@@ -479,16 +548,27 @@ class _Acceptor:
             # Wait without the listener's own timeout: that one is for accept()'s caller.
             listener.hub.wait(listener._read_event)
 
+    def _evict_oldest(self) -> None:
+        """End the handshake that has waited longest for its header, if any; its greenlet frees the slot."""
+        for greenlet in self.waiting:
+            greenlet.kill(_Evicted, block=False)
+            return
+
     def _handshake(self, fd: int, real_peer: Any) -> None:
         listener = self.listener
         conn = ProxySocket(listener.family, listener.type, listener.proto, fileno=fd)
+        current = gevent.getcurrent()
+        self.waiting[current] = None  # registered once running: an evicted greenlet always gets to clean up
         try:
-            conn.handshake(real_peer, self.policy)
+            try:
+                conn.handshake(real_peer, self.policy)
+            finally:
+                del self.waiting[current]
         except ProxyProtocolError as error:
             conn.close()
             self.slots.release()
             self.failures[error.reason] += 1
-            log_refusal(error, real_peer, self.where)
+            self.refusals.refused(error.reason.value, error.message, real_peer)
             return
         except BaseException:
             conn.close()  # killed by stop(), or a bug: never leak the fd
@@ -508,6 +588,13 @@ class _Acceptor:
                 item[0].close()
         # Wake greenlets blocked in accept(): the socket is closed.
         self.ready.put(_Stopped(errno.EBADF, "Bad file descriptor"))
+
+
+class _Evicted(HeaderTimeout):
+    """Raised in a handshake waiting for its header, to make room for a new connection at ``max_pending``."""
+
+    def __init__(self) -> None:
+        super().__init__("evicted: the oldest handshake still waiting for its header when max_pending was reached")
 
 
 class _Stopped(OSError):

@@ -11,7 +11,6 @@ replies there, and the proxy passes them back to its client.
 
 import logging
 import socket as _stdlib_socket
-import time
 from collections import Counter
 from typing import Any
 
@@ -20,7 +19,9 @@ from gevent.server import DatagramServer
 from ._errors import InvalidHeader, ProxyProtocolError, Reason
 from ._model import Command, ProxyHeader
 from ._parser import parse
-from ._socket import UNTRUSTED_DIRECT, ProxyPolicy, _ip_shape, describe_peer
+from ._socket import DEFAULT_WARNING_INTERVAL, UNTRUSTED_DIRECT, ProxyPolicy, RefusalLog, _ip_shape, describe_peer
+from ._v1 import SIGNATURE as V1_SIGNATURE
+from ._v2 import SIGNATURE, VERSION
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -30,13 +31,12 @@ MAX_DATAGRAM_SIZE = 65535
 #: Datagrams dropped in one wake-up before ``do_read`` yields to the event
 #: loop: a flood of bad datagrams must not starve the other greenlets.
 _DROPS_PER_READ = 64
-#: A drop is logged at WARNING at most once per reason in this many seconds
-#: (the first one at once); the others at DEBUG. Every one is counted.
-DEFAULT_WARNING_INTERVAL = 60.0
 
 _POLICY_FIELDS = ("trusted_proxies", "header_timeout", "max_header_size", "untrusted", "allow_v4_in_tcp6")
 _LOCAL = Command.LOCAL
-_SOCK_STREAM = _stdlib_socket.SOCK_STREAM
+#: Byte 12 of a v2 PROXY header, and the STREAM transport nibble of byte 13.
+_V2_PROXY = VERSION << 4 | Command.PROXY
+_STREAM_NIBBLE = 0x1
 _AF_UNIX = _stdlib_socket.AF_UNIX
 
 
@@ -65,8 +65,13 @@ class ProxiedAddress(tuple):  # type: ignore[type-arg]
         return (type(self), (tuple(self), self.real_peer, self.proxy_header))
 
 
-def parse_datagram(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, int]:
+def parse_datagram(
+    data: bytes, allow_v4_in_tcp6: bool = False, max_header_size: int = MAX_DATAGRAM_SIZE
+) -> tuple[ProxyHeader, int]:
     """Parse the v2 header at the start of one datagram, which must hold all of it.
+
+    What the preamble alone can refuse is refused before anything else is
+    parsed (a sender of datagrams can be forged, and this runs in the hub).
 
     Returns:
         ``(header, length)``: the payload is ``data[length:]``.
@@ -74,16 +79,15 @@ def parse_datagram(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHe
     Raises:
         IncompleteHeader: the datagram ends inside its header (reason
             ``TRUNCATED``): it will never get the missing bytes, drop it.
-        InvalidHeader: an invalid header; or a v1 header (v1 is TCP only) or a
-            PROXY header with transport STREAM (it describes a TCP
-            connection): ``BAD_PROTO``.
+        InvalidHeader: an invalid header; a header over ``max_header_size``
+            (``BAD_HDR``); or a v1 header (v1 is TCP only) or a PROXY header
+            with transport STREAM (it describes a TCP connection): ``BAD_PROTO``.
     """
-    header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6)
-    if header.version != 2:
+    if data.startswith(V1_SIGNATURE):
         raise InvalidHeader(Reason.BAD_PROTO, "a v1 header on a UDP datagram: v1 describes TCP only")
-    if header.command != _LOCAL and header.protocol == _SOCK_STREAM:
+    if len(data) > 13 and data[12] == _V2_PROXY and data[13] & 0x0F == _STREAM_NIBBLE and data.startswith(SIGNATURE):
         raise InvalidHeader(Reason.BAD_PROTO, "a PROXY header with transport STREAM on a UDP datagram")
-    return header, length
+    return parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
 
 
 class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
@@ -113,9 +117,6 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
             datagram's header is complete or never.
     """
 
-    #: Seconds between two WARNING lines about drops of the same reason.
-    warning_interval = DEFAULT_WARNING_INTERVAL
-
     def __init__(
         self, listener: Any, handle: Any = None, spawn: Any = "default", *, policy: ProxyPolicy | None = None,
         **kwargs: Any,
@@ -127,15 +128,23 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
         self.policy = policy if policy is not None else ProxyPolicy(**policy_fields)
         #: Dropped datagrams, by :class:`Reason`.
         self.failures: Counter[Reason] = Counter()
-        self._warned: dict[Reason, tuple[float, int]] = {}
+        self._refusals = RefusalLog("UDP datagram dropped", interval=DEFAULT_WARNING_INTERVAL)
         self._buffer = bytearray(MAX_DATAGRAM_SIZE)
         self._view = memoryview(self._buffer)
-        self._where = "?"
         super().__init__(listener, handle=handle, spawn=spawn, **kwargs)
+
+    @property
+    def warning_interval(self) -> float:
+        """Seconds between two WARNING lines about drops of one reason (60); all are counted."""
+        return self._refusals.interval
+
+    @warning_interval.setter
+    def warning_interval(self, seconds: float) -> None:
+        self._refusals.interval = seconds
 
     def init_socket(self) -> None:
         super().init_socket()
-        self._where = describe_peer(self.address)
+        self._refusals.where = describe_peer(self.address)
 
     def do_read(self) -> tuple[bytes, ProxiedAddress] | None:
         # Runs in the hub: never blocks. Reads until a datagram is accepted,
@@ -159,13 +168,10 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
             self._drop(Reason.UNTRUSTED, "the sender is not in trusted_proxies", real_peer)
             return None
         try:
-            header, length = parse_datagram(data, policy.allow_v4_in_tcp6)
+            header, length = parse_datagram(data, policy.allow_v4_in_tcp6, policy.max_header_size)
         except ProxyProtocolError as error:  # IncompleteHeader's reason is TRUNCATED
             message = "the datagram ends inside its header" if error.reason is Reason.TRUNCATED else error.message
             self._drop(error.reason, message, real_peer)
-            return None
-        if length > policy.max_header_size:
-            self._drop(Reason.BAD_HDR, f"header over {policy.max_header_size} bytes ({length})", real_peer)
             return None
         source = header.source
         if header.command == _LOCAL or source is None:  # a health check, or UNSPEC mode: the real sender
@@ -178,21 +184,8 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
         return data[length:], address
 
     def _drop(self, reason: Reason, message: str, real_peer: Any) -> None:
-        failures = self.failures
-        failures[reason] += 1
-        # A flood must not flood the log: one WARNING per reason per interval.
-        now = time.monotonic()
-        last = self._warned.get(reason)
-        if last is None or now - last[0] >= self.warning_interval:
-            unlogged = failures[reason] - 1 - (last[1] if last is not None else 0)
-            self._warned[reason] = (now, failures[reason])
-            since = f"; {unlogged} more since the last warning" if unlogged else ""
-            log.warning("UDP datagram dropped from %s on %s: %s: %s (every drop is counted in failures; "
-                        "at most one warning per reason every %.0f s%s)", describe_peer(real_peer), self._where,
-                        reason.value, message, self.warning_interval, since)  # fmt: skip
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug("UDP datagram dropped from %s on %s: %s: %s", describe_peer(real_peer), self._where,
-                      reason.value, message)  # fmt: skip
+        self.failures[reason] += 1
+        self._refusals.refused(reason.value, message, real_peer)
 
     def sendto(self, data: bytes, *args: Any) -> None:
         """Send a datagram; to a :class:`ProxiedAddress`, it goes to the proxy's real address.

@@ -63,8 +63,11 @@ _PROXY = Command.PROXY
 _LOCAL = Command.LOCAL
 
 
-def parse_v2(data: bytes) -> tuple[ProxyHeader, int]:
+def parse_v2(data: bytes, max_length: int = MAX_LENGTH) -> tuple[ProxyHeader, int]:
     """Parse a v2 header at the start of ``data`` (which starts with ``\\r``).
+
+    A header longer than ``max_length`` is refused from its preamble, before
+    any of the rest is looked at (or waited for).
 
     Returns:
         ``(header, length)``.
@@ -96,6 +99,8 @@ def parse_v2(data: bytes) -> tuple[ProxyHeader, int]:
             Reason.BAD_HDR, f"v2 length {body_length} is shorter than the {family.name} address block ({block_size})"
         )
     length = PREAMBLE_LENGTH + body_length
+    if length > max_length:
+        raise InvalidHeader(Reason.BAD_HDR, f"header over {max_length} bytes ({length})")
     if available < length:
         raise IncompleteHeader(length - available)
     header = data if available == length else data[:length]  # parse() hands us bytes
@@ -187,50 +192,80 @@ def _checked_tlvs(header: bytes, start: int) -> tuple[TLV, ...]:
 
 
 def _lenient_tlvs(header: bytes, start: int, block_size: int) -> tuple[TLV, ...]:
-    """TLVs where the addresses are ignored: at ``start``, else after the block, else none.
+    """TLVs where the addresses are ignored (LOCAL, family UNSPEC): SPEC.md section 7.
 
-    The first place where the bytes frame as valid TLVs wins. An address
-    block may happen to frame at ``start`` as TLVs that break a TLV rule (a
-    0.0.0.0 address reads as an empty CRC32C); then the block is what it
-    was. Only when every framing breaks a rule (a LOCAL header with a wrong
-    CRC32C) is the header refused.
+    1. The bytes frame as valid TLVs at ``start`` (HAProxy and AWS NLB put
+       them there): those.
+    2. Else they frame as valid TLVs after the family's address block (when
+       the header is long enough to hold one): those. An address block may
+       happen to frame at ``start`` as TLVs that break a rule (a 0.0.0.0
+       address reads as an empty CRC32C); then the block is what it was.
+    3. One or more framings exist and each breaks a rule (a wrong CRC32C,
+       AUTHORITY that is not UTF-8...): InvalidHeader, the first framing's
+       reason, as HAProxy (which reads them at byte 16) would refuse it.
+    4. They frame nowhere: ignored, no TLVs.
     """
-    refusal: InvalidHeader | None = None
-    for offset in (start, start + block_size) if block_size else (start,):
-        tlvs = split_tlvs(header, offset, len(header))
+    end = len(header)
+    offsets = (start, start + block_size) if block_size and start + block_size <= end else (start,)
+    # The first refusal's reason and message, not the exception: raised from
+    # this frame, a kept exception would be in a reference cycle with it.
+    refusal: tuple[Reason, str] | None = None
+    for offset in offsets:
+        tlvs = split_tlvs(header, offset, end)
         if tlvs is None:
             continue
         try:
             _check_tlvs(header, offset, tlvs)
         except InvalidHeader as error:
-            refusal = refusal or error
+            refusal = refusal or (error.reason, error.message)
             continue
         return tlvs
     if refusal is not None:
-        raise refusal
+        raise InvalidHeader(*refusal)
     return ()
 
 
 def _check_tlvs(header: bytes, start: int, tlvs: tuple[TLV, ...]) -> None:
+    """The TLV rules of SPEC.md section 4; the CRC32C, the only costly one, is verified last and once."""
     position = start
+    crc_position = -1
     for tlv_type, value in tlvs:
         if tlv_type in _CHECKED_TYPES:
-            _check_tlv(header, tlv_type, value, position)
+            if tlv_type == _CRC32C:
+                # Each CRC32C is a pass over the whole header: a second one is
+                # refused before any is computed (HAProxy writes one).
+                if crc_position >= 0:
+                    raise InvalidHeader(Reason.BAD_HDR, "v2 header has more than one CRC32C TLV")
+                if len(value) != CRC32C_SIZE:
+                    raise InvalidHeader(Reason.BAD_HDR, f"v2 CRC32C TLV has {len(value)} bytes, not 4")
+                crc_position = position
+            else:
+                _check_tlv(tlv_type, value)
         position += 3 + len(value)
+    if crc_position >= 0:
+        _check_crc32c(header, crc_position + 3)
 
 
-def _check_tlv(header: bytes, tlv_type: int, value: bytes, position: int) -> None:
+def _check_crc32c(header: bytes, start: int) -> None:
+    """The CRC32C value at ``start`` against the header with that value zeroed."""
+    expected = crc32c(header[:start] + b"\0\0\0\0" + header[start + 4 :])
+    value = header[start : start + 4]
+    if expected != int.from_bytes(value, "big"):
+        raise InvalidHeader(Reason.CRC, f"v2 CRC32C mismatch: header says {value.hex()}, bytes give {expected:08x}")
+
+
+def _check_tlv(tlv_type: int, value: bytes) -> None:
     size = len(value)
-    if tlv_type == _CRC32C:
-        if size != CRC32C_SIZE:
-            raise InvalidHeader(Reason.BAD_HDR, f"v2 CRC32C TLV has {size} bytes, not 4")
-        start = position + 3
-        expected = crc32c(header[:start] + b"\0\0\0\0" + header[start + 4 :])
-        if expected != int.from_bytes(value, "big"):
-            raise InvalidHeader(Reason.CRC, f"v2 CRC32C mismatch: header says {value.hex()}, bytes give {expected:08x}")
-    elif tlv_type == _AUTHORITY:
+    if tlv_type == _AUTHORITY:
         if size > AUTHORITY_MAX:
             raise InvalidHeader(Reason.BAD_HDR, f"v2 AUTHORITY TLV has {size} bytes, over {AUTHORITY_MAX}")
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidHeader(
+                Reason.BAD_HDR,
+                f"v2 AUTHORITY TLV is not UTF-8 (byte {error.start}: {value[error.start : error.start + 1].hex()})",
+            ) from None
     elif tlv_type == _UNIQUE_ID:
         if size > UNIQUE_ID_MAX:
             raise InvalidHeader(Reason.BAD_HDR, f"v2 UNIQUE_ID TLV has {size} bytes, over {UNIQUE_ID_MAX}")

@@ -1,7 +1,9 @@
 """Helpers for the socket and server tests: real loopback servers and clients."""
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -109,6 +111,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     with gevent.Timeout(timeout, AssertionError("condition not met in time")):
         while not predicate():
             gevent.sleep(0.01)
+
+
+def refusal_lines(records: list[Any], reason: str) -> tuple[int, int]:
+    """``(warnings, held back)`` for ``reason`` in these log records: WARNING lines naming one
+    refusal, and the total of the periodic "suppressed N more REASON" lines."""
+    warned = held_back = 0
+    for record in records:
+        if record.levelno != logging.WARNING:
+            continue
+        message = record.getMessage()
+        suppressed = re.search(rf": suppressed (\d+) more {reason} since the last warning$", message)
+        if suppressed:
+            held_back += int(suppressed.group(1))
+        elif f": {reason}: " in message:
+            warned += 1
+    return warned, held_back
 
 
 def make_certificate(directory: str) -> tuple[str, str]:

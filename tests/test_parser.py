@@ -9,17 +9,20 @@ change as more bytes arrive.
 
 import dataclasses
 import itertools
+import platform
 import socket
 import subprocess
 import sys
 import textwrap
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import gevent_proxyproto as gpp
+from gevent_proxyproto import _crc32c
 from gevent_proxyproto._crc32c import crc32c_pure
 
 from . import wire
@@ -411,6 +414,33 @@ V2_VALID = [
         header(2, LOCAL_CMD, AF_INET, STREAM, tlvs=(crc_value(CRC_LOCAL, 19), AWS_TLV)),
     ),
     ok("crc32c-unspec-family", CRC_UNSPEC, header(2, PROXY_CMD, AF_UNSPEC, None, tlvs=(crc_value(CRC_UNSPEC, 19),))),
+    proxy4("authority-utf8-multibyte", tlv(TLVType.AUTHORITY, "bücher.例え".encode()), ((2, "bücher.例え".encode()),)),
+    # The LOCAL rule of SPEC.md section 7, one case per branch (family INET: a 12-byte block).
+    ok(
+        # (1) byte 16 frames and obeys the rules: those are the TLVs, even though the
+        # framing after the block (the last 12 bytes as two empty NOOPs + ...) exists too.
+        "local-rule-1-byte-16-wins",
+        v2(LOCAL, 0x11, tlv(TLVType.NOOP, bytes(9)) + tlv(*ALPN_H2)),
+        header(2, LOCAL_CMD, AF_INET, STREAM, tlvs=((4, bytes(9)), ALPN_H2)),
+    ),
+    ok(
+        # (2) byte 16 frames but breaks a rule (AUTHORITY not UTF-8), after the block is valid.
+        "local-rule-2-after-the-block",
+        v2(LOCAL, 0x11, tlv(TLVType.AUTHORITY, b"\xff" * 9) + tlv(*ALPN_H2)),
+        header(2, LOCAL_CMD, AF_INET, STREAM, tlvs=(ALPN_H2,)),
+    ),
+    ok(
+        # (2) with an empty framing after an exact block: a real block, no TLVs.
+        "local-rule-2-exact-block",
+        v2(LOCAL, 0x11, inet(("0.0.0.0", 3), ("0.0.0.0", 0))),
+        header(2, LOCAL_CMD, AF_INET, STREAM),
+    ),
+    ok(
+        # (4) shorter than the block (so no framing after it) and no framing at 16.
+        "local-rule-4-short-frames-nowhere",
+        v2(LOCAL, 0x11, b"\x01\x00\x09h2"),
+        header(2, LOCAL_CMD, AF_INET, STREAM),
+    ),
 ]
 
 
@@ -447,6 +477,35 @@ V2_INVALID = [
     bad("unix-len-215", v2(PROXY, 0x31, BLOCK_UNIX[:215]), Reason.BAD_HDR),
     bad("unspec-mode-inet-len-11", v2(PROXY, 0x10, BLOCK4[:11]), Reason.BAD_HDR),
     bad("dgram-inet6-len-0", v2(PROXY, 0x22), Reason.BAD_HDR),
+    # More than one CRC32C: refused before any checksum is computed (SPEC.md section 4).
+    bad_tlvs("crc32c-twice", tlv(TLVType.CRC32C, bytes(4)) + tlv(TLVType.CRC32C, bytes(4))),
+    bad("crc32c-twice-first-correct", crc_first(PROXY, 0x11, BLOCK4, tlv(TLVType.CRC32C, bytes(4))), Reason.BAD_HDR),
+    bad_tlvs("crc32c-256-times", tlv(TLVType.CRC32C, bytes(4)) * 256),
+    bad_tlvs("crc32c-twice-apart", tlv(TLVType.CRC32C, bytes(4)) + tlv(*ALPN_H2) + tlv(TLVType.CRC32C, bytes(4))),
+    bad("crc32c-twice-local", v2(LOCAL, 0x00, tlv(TLVType.CRC32C, bytes(4)) * 2), Reason.BAD_HDR),
+    # AUTHORITY must be UTF-8 (SPEC.md section 4).
+    bad_tlvs("authority-not-utf8", tlv(TLVType.AUTHORITY, b"ex\xffample")),
+    bad_tlvs("authority-overlong-encoding", tlv(TLVType.AUTHORITY, b"\xc0\xaf")),
+    bad_tlvs("authority-surrogate", tlv(TLVType.AUTHORITY, b"\xed\xa0\x80")),
+    bad_tlvs("authority-cut-multibyte", tlv(TLVType.AUTHORITY, "é".encode()[:1])),
+    # The LOCAL rule, (3): one or more framings exist and every one breaks a rule.
+    # A wrong CRC32C at byte 16, no room for a block: HAProxy refuses it too.
+    bad("local-rule-3-wrong-crc-at-16-only", v2(LOCAL, 0x11, tlv(TLVType.CRC32C, b"abcd")), Reason.CRC),
+    bad("local-rule-3-authority-at-16-only", v2(LOCAL, 0x21, tlv(TLVType.AUTHORITY, b"\xff")), Reason.BAD_HDR),
+    bad("local-rule-3-unspec-family", v2(LOCAL, 0x00, tlv(TLVType.CRC32C, b"abcd")), Reason.CRC),
+    bad("unspec-family-proxy-wrong-crc", v2(PROXY, 0x00, tlv(TLVType.CRC32C, b"abcd")), Reason.CRC),
+    bad(
+        # Both framings exist and both break a rule: the first one's reason.
+        "local-rule-3-both-framings-bad",
+        v2(LOCAL, 0x11, inet(("0.0.0.0", 3), ("0.0.0.0", 0)) + tlv(TLVType.AUTHORITY, b"\xff")),
+        Reason.BAD_HDR,
+    ),
+    bad(
+        "local-rule-3-crc-wrong-at-16-block-framing-bad",
+        # At 16: a wrong CRC32C, then a NOOP whose value holds what frames at 28: bad AUTHORITY.
+        v2(LOCAL, 0x11, tlv(TLVType.CRC32C, b"abcd") + tlv(TLVType.NOOP, b"\0\0" + tlv(TLVType.AUTHORITY, b"\xfe"))),
+        Reason.CRC,
+    ),
 ]
 
 VALID = V1_VALID + V2_COMBINATIONS + V2_VALID
@@ -594,6 +653,47 @@ def test_incomplete_needed_is_exact_for_v2() -> None:
     assert huge.value.needed == 0xFFFF
 
 
+def test_max_header_size_refuses_a_v2_header_from_its_preamble() -> None:
+    # 16 bytes declaring a 1016-byte header: refused before the rest arrives or is parsed.
+    preamble = SIG + bytes((PROXY, 0x11)) + (1000).to_bytes(2, "big")
+    with pytest.raises(gpp.InvalidHeader) as refused:
+        gpp.parse(preamble, max_header_size=1015)
+    assert refused.value.reason is Reason.BAD_HDR and "1016" in refused.value.message
+    for cut in range(len(preamble)):
+        with pytest.raises(gpp.IncompleteHeader):
+            gpp.parse(preamble[:cut], max_header_size=1015)
+    with pytest.raises(gpp.IncompleteHeader):  # at the cap: wait for the rest
+        gpp.parse(preamble, max_header_size=1016)
+    # A header whose TLVs would be refused is refused for its size first: nothing after byte 15 is read.
+    many_crcs = v2(PROXY, 0x11, BLOCK4 + tlv(TLVType.CRC32C, bytes(4)) * 256)
+    with pytest.raises(gpp.InvalidHeader, match="header over 1000 bytes"):
+        gpp.parse(many_crcs, max_header_size=1000)
+
+
+def test_max_header_size_applies_to_v1_lines() -> None:
+    line = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n"
+    assert gpp.parse(line, max_header_size=len(line))[1] == len(line)
+    with pytest.raises(gpp.InvalidHeader) as refused:
+        gpp.parse(line, max_header_size=len(line) - 1)
+    assert refused.value.reason is Reason.BAD_HDR
+
+
+def test_crc32c_is_computed_once_per_header() -> None:
+    calls = []
+
+    def counting(data: bytes) -> int:
+        calls.append(len(data))
+        return crc32c_pure(data)
+
+    with mock.patch("gevent_proxyproto._v2.crc32c", counting):
+        gpp.parse(CRC4)
+        assert len(calls) == 1
+        calls.clear()
+        with pytest.raises(gpp.InvalidHeader):
+            gpp.parse(v2(PROXY, 0x11, BLOCK4 + tlv(TLVType.CRC32C, bytes(4)) * 256))
+        assert calls == []  # the second CRC32C refuses the header before any checksum
+
+
 @pytest.mark.parametrize(
     ("data", "shortest_end"),
     [
@@ -665,7 +765,6 @@ ACCESSORS = [
     ("alpn-first-of-duplicates", [(1, b"h2"), (1, b"http/1.1")], "alpn", b"h2"),
     ("authority", [(2, b"example.com")], "authority", "example.com"),
     ("authority-utf8", [(2, "bücher.example".encode())], "authority", "bücher.example"),
-    ("authority-not-utf8-is-lossless", [(2, b"ex\xffample")], "authority", "ex\udcffample"),
     ("authority-absent", [], "authority", None),
     ("unique-id", [(5, b"\x00id\xff")], "unique_id", b"\x00id\xff"),
     ("unique-id-absent", [], "unique_id", None),
@@ -697,6 +796,16 @@ def test_accessor(tlvs: list[tuple[int, bytes]], accessor: str, expected: Any) -
     assert getattr(parsed, accessor) == expected
     built = header(2, PROXY_CMD, AF_INET, STREAM, SRC4, DST4, tuple(tlvs))
     assert getattr(built, accessor) == expected
+
+
+def test_authority_not_utf8_is_refused_by_parse_and_lossless_when_built() -> None:
+    # SPEC.md section 4: AUTHORITY that is not valid UTF-8 is invalid on the wire; a header
+    # built in code can still carry any bytes, and the accessor keeps them (surrogateescape).
+    with pytest.raises(gpp.InvalidHeader) as refused:
+        gpp.parse(v2(PROXY, 0x11, BLOCK4 + tlv(TLVType.AUTHORITY, b"ex\xffample")))
+    assert refused.value.reason is Reason.BAD_HDR and "AUTHORITY" in refused.value.message
+    built = header(2, PROXY_CMD, AF_INET, STREAM, SRC4, DST4, ((2, b"ex\xffample"),))
+    assert built.authority == "ex\udcffample"
 
 
 def test_generic_tlv_accessor_and_crc32c() -> None:
@@ -793,6 +902,33 @@ def test_crc32c_accepts_bytes_like(function: Any) -> None:
 @given(st.binary(max_size=512))
 def test_crc32c_implementations_agree(data: bytes) -> None:
     assert crc32c_pure(data) == gpp.crc32c(data) == wire.crc32c_reference(data)
+
+
+def test_the_default_install_uses_the_c_crc32c() -> None:
+    # crc32c is an install requirement on CPython: a pure-Python CRC here is a packaging defect.
+    if platform.python_implementation() != "CPython":
+        pytest.skip("the crc32c package is only required on CPython")
+    import crc32c
+
+    assert gpp.crc32c is crc32c.crc32c
+
+
+def test_the_pure_fall_back_is_chosen_without_the_c_package() -> None:
+    with mock.patch.dict(sys.modules, {"crc32c": None}):  # None in sys.modules: ImportError
+        assert _crc32c._accelerated() is None
+
+
+@pytest.mark.parametrize("function", [gpp.crc32c, crc32c_pure], ids=["default", "pure"])
+@pytest.mark.parametrize("case", ["crc32c-first", "crc32c-after-alpn", "crc32c-in-local-at-16", "crc32c-unspec-family"])
+def test_parse_verifies_crc32c_with_either_implementation(function: Any, case: str) -> None:
+    [(data, expected, _)] = [param.values for param in V2_VALID if param.id == case]
+    [offset] = [i for i, (tlv_type, _) in enumerate(expected.tlvs) if tlv_type == TLVType.CRC32C]
+    with mock.patch("gevent_proxyproto._v2.crc32c", function):
+        assert gpp.parse(data)[0] == expected
+        value_offset = data.index(expected.tlvs[offset][1])
+        with pytest.raises(gpp.InvalidHeader) as refused:
+            gpp.parse(flip_bit(data, value_offset))
+    assert refused.value.reason is Reason.CRC
 
 
 # Value objects and errors --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import logging
 import socket
 import ssl
 import time
+from typing import Any
 
 import gevent
 import gevent.event
@@ -28,6 +29,7 @@ from .support import (
     plain_socket_from,
     read_all,
     read_line,
+    refusal_lines,
     serving,
     wait_until,
 )
@@ -179,6 +181,39 @@ def test_untrusted_source_is_closed_without_reading(caplog: pytest.LogCaptureFix
     assert "trusted_proxies" in caplog.text and "UNTRUSTED" in caplog.text
 
 
+def test_untrusted_line_names_the_peer_not_the_trusted_list(caplog: pytest.LogCaptureFixture) -> None:
+    trusted = [f"10.{i}.0.0/16" for i in range(200)]
+    with serving(Recorder(), trusted_proxies=trusted) as server:
+        with connect(server, V1_TCP4) as client:
+            port = client.getsockname()[1]
+            assert read_all(client) == b""
+        wait_until(lambda: server.failures[gpp.Reason.UNTRUSTED] == 1)
+    [line] = [record.getMessage() for record in caplog.records if "UNTRUSTED" in record.getMessage()]
+    assert f"from 127.0.0.1:{port} " in line
+    assert "10.0.0.0" not in line and "10.199.0.0" not in line and len(line) < 300
+
+
+def test_a_flood_of_refusals_logs_one_warning_per_reason_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="gevent_proxyproto")
+    bad = {"NOT_HDR": b"GET / HTTP/1.1\r\n\r\n", "BAD_HDR": b"PROXY TCP4 1.2.3.4 5.6.7.8 080 443\r\n"}
+    with serving(Recorder()) as server:
+        server.warning_interval = 0.2
+        started = time.monotonic()
+        for _ in range(40):
+            for data in bad.values():
+                with connect(server, data) as client:
+                    assert read_all(client) == b""
+        wait_until(lambda: sum(server.failures.values()) == 80)  # counters count everything
+        flood_seconds = time.monotonic() - started
+        for reason in bad:
+            wait_until(lambda: sum(refusal_lines(caplog.records, reason)) == 40)  # noqa: B023
+            warned, held_back = refusal_lines(caplog.records, reason)
+            assert 1 <= warned <= 2 + flood_seconds / server.warning_interval and held_back > 0
+        with connect(server, V2_TCP4) as good:  # still serving
+            assert read_line(good).startswith(b"('203.0.113.7'")
+    assert "Traceback" not in caplog.text
+
+
 def test_mixed_mode_keys_on_the_source_address() -> None:
     """HAProxy's `expect-proxy layer4 if <acl>`: trusted sources send a header, others do not."""
     recorder = Recorder()
@@ -316,6 +351,41 @@ def test_tls_client_hello_in_the_same_segment_as_the_header(certificate: tuple[s
     assert server.failures == {} and server.tls_failures == 0
 
 
+def _client_hello() -> bytes:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    with pytest.raises(ssl.SSLWantReadError):
+        client_tls_context().wrap_bio(incoming, outgoing).do_handshake()
+    return outgoing.read()
+
+
+def test_one_deadline_covers_header_and_tls_handshake(
+    certificate: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ClientHello trickled after a valid header is cut at header_timeout in all, not per byte."""
+    hello = _client_hello()
+    interval = 0.02  # each wait is far shorter than header_timeout: only a total deadline can end it
+    recorder = Recorder()
+    with serving(recorder, ssl_context=_server_context(certificate), header_timeout=0.3) as server:
+        with connect(server, V2_TCP4) as client:
+            client.setblocking(False)
+            sent = 0
+            while sent < len(hello):
+                try:
+                    if client.recv(1) == b"":
+                        break  # the server closed the connection
+                except BlockingIOError:
+                    pass  # nothing from the server yet: trickle the next byte
+                except ConnectionResetError:
+                    break
+                client.send(hello[sent : sent + 1])
+                sent += 1
+                gevent.sleep(interval)
+        assert sent < len(hello), "the server waited for the whole trickled ClientHello"
+        wait_until(lambda: server.tls_failures == 1)
+    assert recorder.seen == []
+    assert "TLS handshake not finished within header_timeout" in caplog.text
+
+
 def test_starttls_handler_sees_the_proxied_address(certificate: tuple[str, str]) -> None:
     context = _server_context(certificate)
     seen = gevent.event.AsyncResult()
@@ -342,7 +412,7 @@ class TestProxySocketListener:
     def _listener(self, **kwargs: object) -> gpp.ProxySocket:
         listener = gpp.ProxySocket(socket.AF_INET, socket.SOCK_STREAM, **kwargs)
         listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
+        listener.listen(1024)
         return listener
 
     def test_accept_returns_a_proxied_connection(self) -> None:
@@ -385,20 +455,70 @@ class TestProxySocketListener:
             conn.close()
             good.close()
 
-    def test_pending_cap_limits_handshakes_in_flight(self) -> None:
-        with self._listener(max_pending=2, header_timeout=10) as listener:
-            stalled = [gevent.socket.create_connection(listener.getsockname()) for _ in range(2)]
-            good = gevent.socket.create_connection(listener.getsockname())
+    @staticmethod
+    def _still_open(client: socket.socket) -> bool:
+        """Whether the server has not closed ``client`` (nothing was ever sent to it)."""
+        client.setblocking(False)
+        try:
+            return client.recv(1) != b""
+        except BlockingIOError:
+            return True
+        except ConnectionResetError:
+            return False
+        finally:
+            client.setblocking(True)
+
+    @pytest.fixture(params=["default", "tiny"], ids=["switch-interval-default", "switch-interval-tiny"])
+    def switch_interval(self, request: pytest.FixtureRequest) -> Any:
+        # A tiny switch interval makes gevent poll I/O between any two callbacks: the accept
+        # loop may then see a new connection before the handshakes it spawned have started.
+        saved = gevent.getswitchinterval()
+        if request.param == "tiny":
+            gevent.setswitchinterval(1e-6)
+        yield
+        gevent.setswitchinterval(saved)
+
+    @pytest.mark.parametrize(
+        ("max_pending", "silent_count"),
+        [(4, 4), (4, 12), (300, 900)],
+        ids=["at-the-cap", "three-times-the-cap", "burst"],
+    )
+    @pytest.mark.usefixtures("switch_interval")
+    def test_silent_connections_at_the_cap_never_hold_a_good_one_back(
+        self, max_pending: int, silent_count: int, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # header_timeout is far away: only eviction can make room for the good client.
+        with self._listener(max_pending=max_pending, header_timeout=60) as listener:
+            # Blocking stdlib connects: the kernel completes them without yielding to the hub, so
+            # the accept loop finds them all queued and spawns max_pending handshakes in a burst.
+            silent = [socket.create_connection(listener.getsockname()) for _ in range(silent_count)]
+            good = socket.create_connection(listener.getsockname())
             good.sendall(V1_TCP4)
-            with pytest.raises(socket.timeout):
-                listener.settimeout(0.3)
-                listener.accept()  # both slots are taken by silent clients
-            stalled[0].close()  # frees a slot once its handshake fails (EMPTY)
-            listener.settimeout(5)
             conn, address = listener.accept()
             assert address == ("203.0.113.7", 4242)
-            for client in stalled + [good, conn]:
+            # The oldest were evicted, one per newer connection; the newest still wait for their header.
+            evicted = silent_count - (max_pending - 1)
+            assert listener.failures == {gpp.Reason.TIMEOUT: evicted}
+            assert [read_all(client) for client in silent[:evicted]] == [b""] * evicted
+            assert all(self._still_open(client) for client in silent[evicted:])
+            conn.sendall(b"served\n")
+            assert read_line(good) == b"served\n"
+            for client in silent + [good, conn]:
                 client.close()
+        evictions = [record.getMessage() for record in caplog.records if "evicted" in record.getMessage()]
+        assert 1 <= len(evictions) <= evicted  # rate-limited: one WARNING per reason per interval
+
+    def test_connections_ready_for_accept_are_never_evicted(self) -> None:
+        with self._listener(max_pending=2) as listener:
+            clients = []
+            for _ in range(3):  # the third waits in the kernel's queue until accept() takes one
+                client = gevent.socket.create_connection(listener.getsockname())
+                client.sendall(V1_TCP4)
+                clients.append(client)
+            accepted = [listener.accept()[0] for _ in range(3)]
+            assert listener.failures == {}
+            for sock in clients + accepted:
+                sock.close()
 
     def test_close_wakes_a_waiting_accept(self) -> None:
         listener = self._listener()

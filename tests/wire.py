@@ -87,11 +87,16 @@ def split_tlvs(area: bytes) -> list[tuple[int, bytes]] | None:
 def tlvs_obey_the_rules(header: bytes, start: int, tlvs: list[tuple[int, bytes]]) -> bool:
     """Whether ``tlvs`` (framed from ``header[start:]``) obey SPEC.md section 4's rules.
 
-    CRC32C: 4 bytes and the right checksum; AUTHORITY at most 255 bytes;
-    UNIQUE_ID at most 128; SSL at least 5 bytes with sub-TLVs that frame.
+    CRC32C: at most one, 4 bytes and the right checksum; AUTHORITY at most 255
+    bytes of UTF-8; UNIQUE_ID at most 128; SSL at least 5 bytes with sub-TLVs
+    that frame.
     """
+    if sum(1 for tlv_type, _ in tlvs if tlv_type == 0x03) > 1:
+        return False
     position = start
     for tlv_type, value in tlvs:
+        if tlv_type == 0x02 and not _is_utf8(value):
+            return False
         if tlv_type == 0x03:
             zeroed = header[: position + 3] + bytes(4) + header[position + 7 :]
             if len(value) != 4 or crc32c_reference(zeroed) != int.from_bytes(value, "big"):
@@ -101,6 +106,14 @@ def tlvs_obey_the_rules(header: bytes, start: int, tlvs: list[tuple[int, bytes]]
         elif tlv_type == 0x20 and (len(value) < 5 or split_tlvs(value[5:]) is None):
             return False
         position += 3 + len(value)
+    return True
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
     return True
 
 
@@ -145,7 +158,10 @@ ssl_values = st.builds(
 )
 tlv_items = st.one_of(
     st.tuples(st.integers(0, 0xFF).filter(lambda t: t not in _CHECKED_TYPES), st.binary(max_size=32)),
-    st.tuples(st.just(int(gpp.TLVType.AUTHORITY)), st.binary(max_size=255)),
+    st.tuples(
+        st.just(int(gpp.TLVType.AUTHORITY)),
+        st.text(max_size=255).map(lambda text: text.encode("utf-8", "surrogatepass")[:255]).filter(_is_utf8),
+    ),
     st.tuples(st.just(int(gpp.TLVType.UNIQUE_ID)), st.binary(max_size=128)),
     st.tuples(st.just(int(gpp.TLVType.SSL)), ssl_values),
 )
