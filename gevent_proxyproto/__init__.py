@@ -7,7 +7,7 @@ from gevent; the socket and server layers build on it.
 import importlib
 from typing import Any
 
-from ._builder import build_v1, build_v2
+from ._builder import build_v1, build_v2, encode_header
 from ._crc32c import crc32c
 from ._errors import (
     ConnectionClosed,
@@ -87,6 +87,7 @@ __all__ = [
     "build_v1",
     "build_v2",
     "crc32c",
+    "encode_header",
     "create_connection",
     "format_datagram",
     "load_config",

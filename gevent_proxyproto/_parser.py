@@ -6,11 +6,9 @@ rejects most other traffic at once (SPEC.md section 3, detection).
 
 from ._errors import IncompleteHeader, InvalidHeader, Reason
 from ._model import ProxyHeader
-from ._v1 import MAX_LENGTH as V1_MAX_LENGTH
-from ._v1 import MIN_LENGTH as V1_MIN_LENGTH
 from ._v1 import parse_v1
-from ._v2 import MAX_LENGTH as V2_MAX_LENGTH
 from ._v2 import parse_v2
+from ._wire import V1_MAX_LENGTH, V1_MIN_LENGTH, V2_MAX_LENGTH
 
 BytesLike = bytes | bytearray | memoryview
 

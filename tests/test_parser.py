@@ -1050,8 +1050,18 @@ def test_verdicts_hold_as_more_bytes_arrive(data: bytes, more: bytes, options: d
 @given(wire.headers())
 def test_header_built_in_code_round_trips(built: gpp.ProxyHeader) -> None:
     assert built.raw is None
-    data = built.to_bytes()
+    data = gpp.encode_header(built)
     parsed, length = gpp.parse(data)
     assert parsed == built and length == len(data)
     assert parsed.to_bytes() == data
     assert gpp.parse(data + TRAILING) == (parsed, length)
+
+
+def test_header_built_in_code_has_no_wire_bytes_of_its_own() -> None:
+    # The value holds no encoder (it would import the builder): encode_header() does it.
+    built = gpp.ProxyHeader(2, PROXY, AF_INET, STREAM, ("192.0.2.1", 1), ("192.0.2.2", 2))
+    with pytest.raises(ValueError, match="encode_header"):
+        built.to_bytes()
+    data = gpp.encode_header(built)
+    assert gpp.parse(data)[0].to_bytes() == data
+    assert dataclasses.replace(built, raw=data).to_bytes() == data
