@@ -35,12 +35,13 @@ def parse(
     Raises:
         IncompleteHeader: ``data`` is a strict prefix of something that can
             still become a valid header; its ``needed`` says how many more
-            bytes are certainly header.
+            bytes are certainly header, and its ``exact`` whether exactly
+            that many bring the next verdict (v2) or it is a lower bound (v1).
         InvalidHeader: anything else that is wrong, with a reason code and a
             message naming the field.
     """
     if not data:
-        raise IncompleteHeader(V1_MIN_LENGTH)
+        raise IncompleteHeader(V1_MIN_LENGTH, exact=False)  # the shortest header; the version is not known yet
     if type(data) is not bytes:
         # Copy at most one header's worth: find() and slicing need bytes.
         data = bytes(data[: V1_MAX_LENGTH if data[0] == 0x50 else V2_MAX_LENGTH])

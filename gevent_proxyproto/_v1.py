@@ -133,7 +133,7 @@ def _raise_for_unterminated(data: bytes) -> None:
     if carriage_return < 0 and len(window) >= V1_MAX_LENGTH - 1 or carriage_return >= V1_MAX_LENGTH - 1:
         raise InvalidHeader(Reason.BAD_HDR, f"no CRLF within {V1_MAX_LENGTH} bytes")
     _check_prefix(window[_SIGNATURE_LENGTH:] if carriage_return < 0 else window[_SIGNATURE_LENGTH:carriage_return])
-    raise IncompleteHeader(max(1, V1_MIN_LENGTH - len(window)))
+    raise IncompleteHeader(max(1, V1_MIN_LENGTH - len(window)), exact=False)  # the CRLF decides where it ends
 
 
 def _check_prefix(partial: bytes) -> None:

@@ -52,13 +52,13 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader,
 
     Raises:
         InvalidHeader: the bytes can never be a valid header.
-        IncompleteHeader: a strict prefix; ``needed`` is exact once the length
-            field has arrived.
+        IncompleteHeader: a strict prefix; ``needed`` is exact: the rest of
+            the preamble, then the rest of the length it declares.
     """
     available = len(data)
     if available < V2_PREAMBLE_LENGTH:
         _check_preamble_prefix(data)
-        raise IncompleteHeader(V2_PREAMBLE_LENGTH - available)
+        raise IncompleteHeader(V2_PREAMBLE_LENGTH - available, exact=True)
     if data[:12] != V2_SIGNATURE:
         raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: bad v2 signature")
     version_command = data[12]
@@ -80,7 +80,7 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader,
     if length > max_length:
         raise InvalidHeader(Reason.BAD_HDR, f"header over {max_length} bytes ({length})")
     if available < length:
-        raise IncompleteHeader(length - available)
+        raise IncompleteHeader(length - available, exact=True)
     header = data if available == length else data[:length]  # parse() hands us bytes
 
     if command is _LOCAL:

@@ -653,6 +653,22 @@ def test_incomplete_needed_is_exact_for_v2() -> None:
     assert huge.value.needed == 0xFFFF
 
 
+def test_incomplete_says_whether_needed_is_exact() -> None:
+    # v2 counts down exactly (the preamble, then the length it declares): a reader waits for just those bytes.
+    data = v2(PROXY, 0x11, BLOCK4 + tlv(*ALPN_H2))
+    for cut in range(1, len(data)):
+        with pytest.raises(gpp.IncompleteHeader) as info:
+            gpp.parse(data[:cut])
+        boundary = 16 if cut < 16 else len(data)
+        assert info.value.exact and info.value.needed == boundary - cut, cut
+    # v1 (and no byte at all) knows only a lower bound until the CRLF.
+    for cut in range(len(GOOD_TCP4) + 1):
+        with pytest.raises(gpp.IncompleteHeader) as info:
+            gpp.parse(GOOD_TCP4[:cut])
+        assert not info.value.exact, cut
+    assert gpp.IncompleteHeader(3).exact is False
+
+
 def test_max_header_size_refuses_a_v2_header_from_its_preamble() -> None:
     # 16 bytes declaring a 1016-byte header: refused before the rest arrives or is parsed.
     preamble = SIG + bytes((PROXY, 0x11)) + (1000).to_bytes(2, "big")
