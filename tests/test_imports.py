@@ -1,7 +1,10 @@
 """Import hygiene: the package's import graph, and what importing it loads."""
 
+import ast
 import subprocess
 import sys
+
+import gevent_proxyproto as gpp
 
 from .conftest import REPO
 
@@ -17,3 +20,23 @@ def test_the_package_imports_have_no_loop() -> None:
     # The wire constants are the bottom layer, under both the parsers and the builder.
     layer = {line.split()[1]: int(line.split()[0]) for line in lines[:-1]}
     assert layer["_wire"] == 0 and layer["_model"] < min(layer["_v1"], layer["_v2"], layer["_builder"])
+
+
+def test_type_checkers_see_every_lazily_loaded_name() -> None:
+    # __init__'s `if TYPE_CHECKING:` imports must name the same things, from the same modules, as _LAZY;
+    # tests/typecheck_public_names.py (tox -e mypy) checks that mypy then sees their real types.
+    tree = ast.parse((REPO / "gevent_proxyproto" / "__init__.py").read_text(encoding="utf-8"))
+    [block] = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    for_type_checkers = {
+        alias.name: "." + statement.module
+        for statement in block.body
+        if isinstance(statement, ast.ImportFrom) and statement.module
+        for alias in statement.names
+    }
+    assert for_type_checkers == gpp._LAZY
+    assert set(gpp._LAZY) <= set(gpp.__all__)
+
+
+def test_every_public_name_resolves() -> None:
+    # A name in __all__ that no module defines would fail only when a user first touches it.
+    assert [name for name in gpp.__all__ if not hasattr(gpp, name)] == []
