@@ -408,10 +408,12 @@ def test_slow_and_silent_clients_are_closed_at_header_timeout_while_good_ones_ar
     timeout = 1.0
     closed: list[float] = []
     served: list[float] = []
+    connected: list[object] = []
 
     def trickle(header: bytes) -> None:
         started = time.monotonic()
         with connect(server) as client:
+            connected.append(client)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 for index in range(len(header)):  # one byte every 50 ms: longer than the timeout in all
@@ -425,13 +427,14 @@ def test_slow_and_silent_clients_are_closed_at_header_timeout_while_good_ones_ar
     def silent() -> None:
         started = time.monotonic()
         with connect(server) as client:
+            connected.append(client)
             read_all(client)
         closed.append(time.monotonic() - started)
 
     with serving(lambda sock, address: sock.sendall(b"ok\n"), header_timeout=timeout) as server:
         bad = [gevent.spawn(trickle, V1_TCP4 if index % 2 else V2_TCP6) for index in range(30)]
         bad += [gevent.spawn(silent) for _ in range(30)]
-        gevent.sleep(0)
+        wait_until(lambda: len(connected) == 60)  # every bad client is queued before the good ones
         for _ in range(20):  # good clients meanwhile, one after the other
             started = time.monotonic()
             with connect(server, V2_TCP4) as client:

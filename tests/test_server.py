@@ -220,11 +220,19 @@ def test_health_check_local_then_reset_is_quiet(
 
 def test_many_bad_connections_leave_no_fd_or_greenlet_behind() -> None:
     recorder = Recorder()
-    with serving(recorder, header_timeout=0.5) as server:
+    handlers: list[gevent.Greenlet] = []
+
+    def handle(sock: gevent.socket.socket, address: object) -> None:
+        handlers.append(gevent.getcurrent())
+        recorder(sock, address)
+
+    with serving(handle, header_timeout=0.5) as server:
         with connect(server, V2_TCP4) as warm:  # imports and lazy set-up happen before the baseline
             read_line(warm)
-        wait_until(lambda: len(recorder.seen) == 1)
-        gevent.sleep(0.05)
+        # The server closes the connection, then its greenlet ends: the baseline holds neither.
+        [warm_handler] = handlers
+        warm_handler.join(timeout=5)
+        assert warm_handler.dead
         fds, greenlets = open_fds(), live_greenlets()
         bad_inputs = [b"GET / HTTP/1.0\r\n\r\n", V1_TCP4[:20], b"PROXY TCP4 x\r\n", V2_TCP4[:14], b""]
         for round_number in range(40):
@@ -438,7 +446,8 @@ class TestProxySocketListener:
     def test_close_wakes_a_waiting_accept(self) -> None:
         listener = self._listener()
         waiter = gevent.spawn(listener.accept)
-        gevent.sleep(0.01)
+        gevent.idle()  # the hub has run the waiter until it blocked
+        assert not waiter.ready()  # waiting in accept
         listener.close()
         with pytest.raises(OSError):
             waiter.get(timeout=2)
