@@ -3,6 +3,7 @@
 import ast
 import subprocess
 import sys
+import textwrap
 
 import gevent_proxyproto as gpp
 
@@ -40,3 +41,22 @@ def test_type_checkers_see_every_lazily_loaded_name() -> None:
 def test_every_public_name_resolves() -> None:
     # A name in __all__ that no module defines would fail only when a user first touches it.
     assert [name for name in gpp.__all__ if not hasattr(gpp, name)] == []
+
+
+def test_import_does_not_import_gevent() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import gevent_proxyproto
+        loaded = sorted(name for name in sys.modules if name == "gevent" or name.startswith("gevent."))
+        assert not loaded, loaded
+        header, length = gevent_proxyproto.parse(b"PROXY UNKNOWN\\r\\n")
+        gevent_proxyproto.build_v2(source=("192.0.2.1", 1), destination=("192.0.2.2", 2), crc32c=True)
+        loaded = sorted(name for name in sys.modules if name == "gevent" or name.startswith("gevent."))
+        assert not loaded, loaded
+        print(gevent_proxyproto.__file__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(str(REPO / "gevent_proxyproto")), result.stdout

@@ -1,4 +1,4 @@
-"""ProxyStreamServer and ProxySocket on real loopback sockets."""
+"""ProxyStreamServer on real loopback sockets (a listening ProxySocket: test_socket.py)."""
 
 import logging
 import socket
@@ -379,75 +379,3 @@ def test_starttls_handler_sees_the_proxied_address(certificate: tuple[str, str])
     assert address == peer == ("203.0.113.7", 4242)
     assert local == ("192.0.2.1", 443)
     assert header == gpp.parse(V1_TCP4)[0]
-
-
-class TestProxySocketListener:
-    def _listener(self, **kwargs: object) -> gpp.ProxySocket:
-        listener = gpp.ProxySocket(socket.AF_INET, socket.SOCK_STREAM, **kwargs)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
-        return listener
-
-    def test_accept_returns_a_proxied_connection(self) -> None:
-        with self._listener() as listener:
-            client = gevent.socket.create_connection(listener.getsockname())
-            client.sendall(V2_TCP6 + b"data")
-            conn, address = listener.accept()
-            with conn, client:
-                assert isinstance(conn, gpp.ProxySocket)
-                assert address == conn.getpeername() == ("2001:db8::7", 4242, 0, 0)
-                assert conn.getsockname() == ("2001:db8::1", 443, 0, 0)
-                assert conn.real_peername() == client.getsockname()
-                assert conn.real_sockname() == client.getpeername()
-                assert conn.proxy_header == gpp.parse(V2_TCP6)[0]
-                assert conn.recv(4) == b"data"
-
-    def test_slow_clients_do_not_delay_accept(self) -> None:
-        with self._listener(header_timeout=10) as listener:
-            stalled = [gevent.socket.create_connection(listener.getsockname()) for _ in range(20)]
-            stalled[0].sendall(V1_TCP4[:7])
-            good = gevent.socket.create_connection(listener.getsockname())
-            good.sendall(V1_TCP4)
-            started = time.monotonic()
-            conn, address = listener.accept()
-            assert time.monotonic() - started < 2
-            assert address == ("203.0.113.7", 4242)
-            for client in stalled + [good, conn]:
-                client.close()
-
-    def test_failures_are_counted_and_never_returned(self) -> None:
-        with self._listener() as listener:
-            for data in (b"junk\r\n", b"PROXY TCP4 1.2.3.4\r\n"):
-                with gevent.socket.create_connection(listener.getsockname()) as bad:
-                    bad.sendall(data)
-            good = gevent.socket.create_connection(listener.getsockname())
-            good.sendall(V1_TCP4)
-            conn, address = listener.accept()
-            assert address == ("203.0.113.7", 4242)
-            assert listener.failures[gpp.Reason.NOT_HDR] == 1 and listener.failures[gpp.Reason.BAD_HDR] == 1
-            conn.close()
-            good.close()
-
-    def test_pending_cap_limits_handshakes_in_flight(self) -> None:
-        with self._listener(max_pending=2, header_timeout=10) as listener:
-            stalled = [gevent.socket.create_connection(listener.getsockname()) for _ in range(2)]
-            good = gevent.socket.create_connection(listener.getsockname())
-            good.sendall(V1_TCP4)
-            with pytest.raises(socket.timeout):
-                listener.settimeout(0.3)
-                listener.accept()  # both slots are taken by silent clients
-            stalled[0].close()  # frees a slot once its handshake fails (EMPTY)
-            listener.settimeout(5)
-            conn, address = listener.accept()
-            assert address == ("203.0.113.7", 4242)
-            for client in stalled + [good, conn]:
-                client.close()
-
-    def test_close_wakes_a_waiting_accept(self) -> None:
-        listener = self._listener()
-        waiter = gevent.spawn(listener.accept)
-        gevent.idle()  # the hub has run the waiter until it blocked
-        assert not waiter.ready()  # waiting in accept
-        listener.close()
-        with pytest.raises(OSError):
-            waiter.get(timeout=2)
