@@ -5,9 +5,9 @@ from gevent; the socket and server layers build on it.
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._builder import build_v1, build_v2
+from ._builder import build_v1, build_v2, encode_header
 from ._crc32c import crc32c
 from ._errors import (
     ConnectionClosed,
@@ -27,6 +27,19 @@ from ._version import __version__
 # The socket and server layers need gevent, the core above does not: they are
 # imported on first use, so `import gevent_proxyproto` stays gevent-free and
 # may come before gevent.monkey.patch_all().
+if TYPE_CHECKING:
+    # Never run: what a type checker sees of the lazily loaded names, so that
+    # mypy on a user's code checks them instead of taking them for Any. The
+    # same names as _LAZY below (tests/test_imports.py holds them equal).
+    from ._client import create_connection
+    from ._config import ConfigError, DispatcherConfig, ServiceConfig, TLSConfig, load_config
+    from ._dispatch import Dispatcher, StartupError, bind_listeners
+    from ._relay import ProxyRelay
+    from ._server import ProxyStreamServer
+    from ._socket import ProxyPolicy, ProxySocket, read_header
+    from ._tls_hook import ProxySSLSocket
+    from ._udp import ProxiedAddress, ProxyDatagramServer
+
 _LAZY = {
     "ProxyPolicy": "._socket",
     "ProxySocket": "._socket",
@@ -39,6 +52,8 @@ _LAZY = {
     "TLSConfig": "._config",
     "load_config": "._config",
     "Dispatcher": "._dispatch",
+    "StartupError": "._dispatch",
+    "bind_listeners": "._dispatch",
     "create_connection": "._client",
     "ProxyRelay": "._relay",
     "ProxyDatagramServer": "._udp",
@@ -82,16 +97,19 @@ __all__ = [
     "SSLInfo",
     "SSLSubType",
     "ServiceConfig",
+    "StartupError",
     "TLSConfig",
     "TLVType",
     "TrustedProxies",
     "Unmatched",
     "UntrustedSource",
     "__version__",
+    "bind_listeners",
     "build_v1",
     "build_v2",
     "crc32c",
     "create_connection",
+    "encode_header",
     "format_datagram",
     "load_config",
     "parse",

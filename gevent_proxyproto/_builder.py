@@ -9,12 +9,12 @@ import struct
 from collections.abc import Iterable
 
 from ._crc32c import crc32c as _crc32c
-from ._model import CRC32C_SIZE, TLV, Address, Command, ProxyHeader, TLVType
-from ._v2 import FAMILIES, PREAMBLE_LENGTH, SIGNATURE, TRANSPORTS, UNIX_PATH_SIZE, VERSION
+from ._model import TLV, Address, Command, ProxyHeader, TLVType
+from ._wire import CRC32C_SIZE, UNIX_PATH_SIZE, V2_FAMILIES, V2_PREAMBLE_LENGTH, V2_SIGNATURE, V2_TRANSPORTS, V2_VERSION
 
-_FAMILY_NIBBLES = {family: nibble for nibble, (family, _) in FAMILIES.items()}
-_TRANSPORT_NIBBLES = {protocol: nibble for nibble, protocol in TRANSPORTS.items()}
-_BLOCK_SIZES = {family: size for family, size in FAMILIES.values()}
+_FAMILY_NIBBLES = {family: nibble for nibble, (family, _) in V2_FAMILIES.items()}
+_TRANSPORT_NIBBLES = {protocol: nibble for nibble, protocol in V2_TRANSPORTS.items()}
+_BLOCK_SIZES = {family: size for family, size in V2_FAMILIES.values()}
 _PORTS = struct.Struct("!HH")
 
 
@@ -96,8 +96,21 @@ def build_v2(
     return _encode(command, family, protocol, block, tlv_list, crc32c)
 
 
-def encode(header: ProxyHeader) -> bytes:
-    """The canonical encoding of a header built in code (``ProxyHeader.to_bytes``)."""
+def encode_header(header: ProxyHeader) -> bytes:
+    """Encode a :class:`ProxyHeader`, typically one built in code.
+
+    Args:
+        header: any header; its :attr:`~ProxyHeader.raw` is not looked at.
+
+    Returns:
+        Its canonical encoding, with any CRC32C TLV's value recomputed.
+        ``parse(encode_header(h))[0] == h`` for every header whose CRC32C
+        value (if any) is the correct one. For a parsed header,
+        :meth:`ProxyHeader.to_bytes` gives the bytes it was parsed from.
+
+    Raises:
+        ValueError: an address, port, TLV or the total size is out of range.
+    """
     source, destination = header.source, header.destination
     if header.version == 1:
         if isinstance(source, tuple) and isinstance(destination, tuple):
@@ -126,7 +139,7 @@ def _encode(
 ) -> bytes:
     parts = [block]
     crc_offset = -1
-    offset = PREAMBLE_LENGTH + len(block)
+    offset = V2_PREAMBLE_LENGTH + len(block)
     for tlv_type, value in tlvs:
         value = bytes(value)
         if not 0 <= tlv_type <= 0xFF or len(value) > 0xFFFF:
@@ -142,9 +155,9 @@ def _encode(
     body = b"".join(parts)
     if len(body) > 0xFFFF:
         raise ValueError(f"a v2 header holds at most 65535 bytes after the preamble, not {len(body)}")
-    preamble = SIGNATURE + struct.pack(
+    preamble = V2_SIGNATURE + struct.pack(
         "!BBH",
-        VERSION << 4 | int(command),
+        V2_VERSION << 4 | int(command),
         _FAMILY_NIBBLES[family] << 4 | _TRANSPORT_NIBBLES[protocol],
         len(body),
     )

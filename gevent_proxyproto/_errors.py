@@ -67,11 +67,17 @@ class IncompleteHeader(ProxyProtocolError):
     :ivar needed: how many more bytes are certainly part of the header, at
         least 1. A reader may consume that many more without peeking: none of
         them can belong to the application (SPEC.md section 5).
+    :ivar exact: True when exactly ``needed`` more bytes bring the next
+        verdict, so a reader can wait for just those (v2: the rest of the
+        preamble, then the rest of the length it declares). False when
+        ``needed`` is only a lower bound (v1: the line ends at its CRLF,
+        wherever that comes): a reader should look at whatever has arrived.
     """
 
-    def __init__(self, needed: int, message: str = "header not complete yet") -> None:
+    def __init__(self, needed: int, message: str = "header not complete yet", *, exact: bool = False) -> None:
         super().__init__(Reason.TRUNCATED, message)
         self.needed = needed
+        self.exact = exact
 
 
 class HeaderTimeout(ProxyProtocolError):

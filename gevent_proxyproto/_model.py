@@ -10,6 +10,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ._wire import CRC32C_SIZE, SSL_FIXED_SIZE
+
 #: An endpoint as the socket module shapes it: ``(host, port)`` for IP
 #: families, a ``str`` path or an abstract ``bytes`` name for AF_UNIX.
 Address = tuple[str, int] | str | bytes
@@ -68,13 +70,6 @@ class SSLClient(enum.IntFlag):
     CERT_CONN = 0x02
     #: The client presented a certificate in this TLS session (maybe resumed).
     CERT_SESS = 0x04
-
-
-#: Sizes the wire format allows for TLV values we interpret (SPEC.md section 4).
-AUTHORITY_MAX = 255  # HAProxy's cap; a host name fits in 255 bytes
-UNIQUE_ID_MAX = 128  # the spec's limit for UNIQUE_ID
-CRC32C_SIZE = 4
-SSL_FIXED_SIZE = 5  # client (1) + verify (4), before the sub-TLVs
 
 
 def _text(value: bytes | None) -> str | None:
@@ -272,18 +267,18 @@ class ProxyHeader:
         return int.from_bytes(value, "big")
 
     def to_bytes(self) -> bytes:
-        """The header's wire form.
+        """The header's wire form: the bytes it was parsed from (:attr:`raw`).
 
-        For a parsed header, the bytes it was parsed from; for a header built in
-        code, its canonical encoding, with any CRC32C TLV's value recomputed.
-        ``parse(h.to_bytes())[0] == h`` for every parsed header, and for a
-        header built in code whose CRC32C value (if any) is the correct one.
+        ``parse(h.to_bytes())[0] == h`` for every parsed header. A value holds
+        no encoder: a header built in code (``raw`` None) is encoded by
+        :func:`gevent_proxyproto.encode_header`.
+
+        Raises:
+            ValueError: the header was built in code and has no ``raw``.
         """
-        if self.raw is not None:
-            return self.raw
-        from ._builder import encode  # the builder imports this module
-
-        return encode(self)
+        if self.raw is None:
+            raise ValueError("a header built in code has no wire bytes: encode it with encode_header(header)")
+        return self.raw
 
 
 # The parsers build a header per connection. A frozen dataclass's __init__

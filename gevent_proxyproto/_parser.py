@@ -6,11 +6,9 @@ rejects most other traffic at once (SPEC.md section 3, detection).
 
 from ._errors import IncompleteHeader, InvalidHeader, Reason
 from ._model import ProxyHeader
-from ._v1 import MAX_LENGTH as V1_MAX_LENGTH
-from ._v1 import MIN_LENGTH as V1_MIN_LENGTH
 from ._v1 import parse_v1
-from ._v2 import MAX_LENGTH as V2_MAX_LENGTH
 from ._v2 import parse_v2
+from ._wire import V1_MAX_LENGTH, V1_MIN_LENGTH, V2_MAX_LENGTH
 
 BytesLike = bytes | bytearray | memoryview
 
@@ -37,12 +35,13 @@ def parse(
     Raises:
         IncompleteHeader: ``data`` is a strict prefix of something that can
             still become a valid header; its ``needed`` says how many more
-            bytes are certainly header.
+            bytes are certainly header, and its ``exact`` whether exactly
+            that many bring the next verdict (v2) or it is a lower bound (v1).
         InvalidHeader: anything else that is wrong, with a reason code and a
             message naming the field.
     """
     if not data:
-        raise IncompleteHeader(V1_MIN_LENGTH)
+        raise IncompleteHeader(V1_MIN_LENGTH, exact=False)  # the shortest header; the version is not known yet
     if type(data) is not bytes:
         # Copy at most one header's worth: find() and slicing need bytes.
         data = bytes(data[: V1_MAX_LENGTH if data[0] == 0x50 else V2_MAX_LENGTH])

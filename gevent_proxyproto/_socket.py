@@ -135,7 +135,7 @@ def read_header(
                 # The size cap is checked by parse() from a v2 preamble, before the rest is parsed or read.
                 header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
             except IncompleteHeader as incomplete:
-                needed = incomplete.needed
+                needed, exact = incomplete.needed, incomplete.exact
             else:
                 if length > len(received):
                     _recv_exactly(sock, length - len(received), deadline)  # peeked: already there
@@ -146,16 +146,16 @@ def read_header(
             known = len(data) + needed
             if known > max_header_size:  # a v1 line still arriving (v2: refused by parse())
                 raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})")
-            if peeked or data[0] == 0x0D:
+            if peeked or exact:
                 # Everything seen, and `needed` more, is header: consume what
-                # has arrived of it (v2 waits here for the rest of a header
-                # whose size it knows), then parse it before waiting again:
+                # has arrived of it (an exact count waits here for the rest of
+                # a header whose size it knows), then parse it before waiting again:
                 # the bytes read may end the header, or make it invalid.
                 received += _recv_some(sock, known - len(received), deadline)
                 peeked = b""
-                if len(received) > len(data) or data[0] == 0x0D:
+                if len(received) > len(data) or exact:
                     continue
-            # v1, everything seen consumed and no verdict: wait for more, look.
+            # A lower bound, everything seen consumed and no verdict: wait for more, look.
             peeked = _peek(sock, deadline)
     except TimeoutError:
         raise HeaderTimeout() from None

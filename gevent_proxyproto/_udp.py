@@ -20,8 +20,7 @@ from ._errors import InvalidHeader, ProxyProtocolError, Reason
 from ._model import Command, ProxyHeader
 from ._parser import parse
 from ._socket import DEFAULT_WARNING_INTERVAL, UNTRUSTED_DIRECT, ProxyPolicy, RefusalLog, _ip_shape, describe_peer
-from ._v1 import SIGNATURE as V1_SIGNATURE
-from ._v2 import SIGNATURE, VERSION
+from ._wire import V1_SIGNATURE, V2_SIGNATURE, V2_VERSION
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -35,7 +34,7 @@ _DROPS_PER_READ = 64
 _POLICY_FIELDS = ("trusted_proxies", "header_timeout", "max_header_size", "untrusted", "allow_v4_in_tcp6")
 _LOCAL = Command.LOCAL
 #: Byte 12 of a v2 PROXY header, and the STREAM transport nibble of byte 13.
-_V2_PROXY = VERSION << 4 | Command.PROXY
+_V2_PROXY = V2_VERSION << 4 | Command.PROXY
 _STREAM_NIBBLE = 0x1
 _AF_UNIX = _stdlib_socket.AF_UNIX
 
@@ -85,7 +84,7 @@ def parse_datagram(
     """
     if data.startswith(V1_SIGNATURE):
         raise InvalidHeader(Reason.BAD_PROTO, "a v1 header on a UDP datagram: v1 describes TCP only")
-    if len(data) > 13 and data[12] == _V2_PROXY and data[13] & 0x0F == _STREAM_NIBBLE and data.startswith(SIGNATURE):
+    if len(data) > 13 and data[12] == _V2_PROXY and data[13] & 0x0F == _STREAM_NIBBLE and data.startswith(V2_SIGNATURE):
         raise InvalidHeader(Reason.BAD_PROTO, "a PROXY header with transport STREAM on a UDP datagram")
     return parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
 

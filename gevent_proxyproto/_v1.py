@@ -12,14 +12,7 @@ import socket
 
 from ._errors import IncompleteHeader, InvalidHeader, Reason
 from ._model import Command, ProxyHeader, new_header
-
-#: Every v1 header starts with these bytes.
-SIGNATURE = b"PROXY "
-#: The longest legal line, CRLF included: ``PROXY UNKNOWN`` + two full IPv6
-#: addresses + two 5-digit ports (SPEC.md section 2).
-MAX_LENGTH = 107
-#: The shortest legal line: ``PROXY UNKNOWN\r\n``.
-MIN_LENGTH = 15
+from ._wire import V1_MAX_LENGTH, V1_MIN_LENGTH, V1_SIGNATURE
 
 _OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rb"(?:" + _OCTET + rb"\.){3}" + _OCTET
@@ -39,7 +32,7 @@ _IPV6_PREFIX = re.compile(rb"[0-9A-Fa-f:.]{0,45}")
 _PORT_PREFIX = re.compile(rb"(?:0|[1-9][0-9]{0,4})?")
 _PROTOCOLS = (b"TCP4", b"TCP6", b"UNKNOWN")
 
-_SIGNATURE_LENGTH = len(SIGNATURE)
+_SIGNATURE_LENGTH = len(V1_SIGNATURE)
 _CR = 0x0D
 _LF = 0x0A
 
@@ -66,7 +59,7 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, 
     """
     tcp6 = data[9:10] == b"6"  # "PROXY TCP6"
     match = (_TCP6_LINE if tcp6 else _TCP4_LINE).match(data)
-    if match is None or match.end() > MAX_LENGTH:
+    if match is None or match.end() > V1_MAX_LENGTH:
         return _parse_other_line(data)
     source_host, destination_host, source_port, destination_port = match.groups()
     length = match.end()
@@ -84,9 +77,9 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, 
 
 def _parse_other_line(data: bytes) -> tuple[ProxyHeader, int]:
     """Everything but a complete, well-formed TCP line: UNKNOWN, or an error."""
-    # The CR must leave room for its LF within MAX_LENGTH bytes.
-    end = data.find(b"\r", _SIGNATURE_LENGTH, MAX_LENGTH - 1)
-    if end < 0 or end + 1 >= len(data) or data[end + 1] != _LF or data[:_SIGNATURE_LENGTH] != SIGNATURE:
+    # The CR must leave room for its LF within V1_MAX_LENGTH (107) bytes.
+    end = data.find(b"\r", _SIGNATURE_LENGTH, V1_MAX_LENGTH - 1)
+    if end < 0 or end + 1 >= len(data) or data[end + 1] != _LF or data[:_SIGNATURE_LENGTH] != V1_SIGNATURE:
         _raise_for_unterminated(data)
     line = data[_SIGNATURE_LENGTH:end]
     length = end + 2
@@ -126,8 +119,8 @@ def _raise_for_unterminated(data: bytes) -> None:
     bytes without CRLF, or a prefix no valid line starts with are invalid at
     once; anything else is incomplete.
     """
-    window = data[:MAX_LENGTH]
-    if not SIGNATURE.startswith(window[:_SIGNATURE_LENGTH]):
+    window = data[:V1_MAX_LENGTH]
+    if not V1_SIGNATURE.startswith(window[:_SIGNATURE_LENGTH]):
         raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: does not start with 'PROXY '")
     carriage_return = window.find(b"\r")
     line_feed = window.find(b"\n")
@@ -137,10 +130,10 @@ def _raise_for_unterminated(data: bytes) -> None:
     if carriage_return >= 0 and carriage_return + 1 < len(data) and data[carriage_return + 1] != _LF:
         raise InvalidHeader(Reason.BAD_HDR, "v1 line has a CR not followed by LF")
     # 106 bytes without a CR already leave no room for a CRLF within 107.
-    if carriage_return < 0 and len(window) >= MAX_LENGTH - 1 or carriage_return >= MAX_LENGTH - 1:
-        raise InvalidHeader(Reason.BAD_HDR, f"no CRLF within {MAX_LENGTH} bytes")
+    if carriage_return < 0 and len(window) >= V1_MAX_LENGTH - 1 or carriage_return >= V1_MAX_LENGTH - 1:
+        raise InvalidHeader(Reason.BAD_HDR, f"no CRLF within {V1_MAX_LENGTH} bytes")
     _check_prefix(window[_SIGNATURE_LENGTH:] if carriage_return < 0 else window[_SIGNATURE_LENGTH:carriage_return])
-    raise IncompleteHeader(max(1, MIN_LENGTH - len(window)))
+    raise IncompleteHeader(max(1, V1_MIN_LENGTH - len(window)), exact=False)  # the CRLF decides where it ends
 
 
 def _check_prefix(partial: bytes) -> None:

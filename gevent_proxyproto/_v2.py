@@ -10,48 +10,26 @@ import struct
 
 from ._crc32c import crc32c
 from ._errors import IncompleteHeader, InvalidHeader, Reason
-from ._model import (
+from ._model import TLV, Address, Command, ProxyHeader, TLVType, new_header, split_tlvs
+from ._wire import (
     AUTHORITY_MAX,
     CRC32C_SIZE,
     SSL_FIXED_SIZE,
-    TLV,
     UNIQUE_ID_MAX,
-    Address,
-    Command,
-    ProxyHeader,
-    TLVType,
-    new_header,
-    split_tlvs,
+    UNIX_PATH_SIZE,
+    V2_FAMILIES,
+    V2_MAX_LENGTH,
+    V2_PREAMBLE_LENGTH,
+    V2_SIGNATURE,
+    V2_TRANSPORTS,
+    V2_VERSION,
 )
-
-#: The 12-byte signature (SPEC.md section 3, bytes 0-11).
-SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-#: Signature, version/command, family/transport and length.
-PREAMBLE_LENGTH = 16
-VERSION = 0x2
-#: The largest header the 16-bit length field allows.
-MAX_LENGTH = PREAMBLE_LENGTH + 0xFFFF
-
-#: Family nibble -> (socket family, address block size) (SPEC.md section 3).
-FAMILIES: dict[int, tuple[socket.AddressFamily, int]] = {
-    0x0: (socket.AF_UNSPEC, 0),
-    0x1: (socket.AF_INET, 12),
-    0x2: (socket.AF_INET6, 36),
-    0x3: (socket.AF_UNIX, 216),
-}
-#: Transport nibble -> socket type, None for UNSPEC (SPEC.md section 3).
-TRANSPORTS: dict[int, socket.SocketKind | None] = {
-    0x0: None,
-    0x1: socket.SOCK_STREAM,
-    0x2: socket.SOCK_DGRAM,
-}
-UNIX_PATH_SIZE = 108
 
 #: Byte 13 -> (family, address block size, protocol): one lookup per header.
 _FAMILY_TRANSPORT = {
     family_nibble << 4 | transport_nibble: (family, block_size, protocol)
-    for family_nibble, (family, block_size) in FAMILIES.items()
-    for transport_nibble, protocol in TRANSPORTS.items()
+    for family_nibble, (family, block_size) in V2_FAMILIES.items()
+    for transport_nibble, protocol in V2_TRANSPORTS.items()
 }
 
 _INET = struct.Struct("!4s4sHH")
@@ -63,7 +41,7 @@ _PROXY = Command.PROXY
 _LOCAL = Command.LOCAL
 
 
-def parse_v2(data: bytes, max_length: int = MAX_LENGTH) -> tuple[ProxyHeader, int]:
+def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader, int]:
     """Parse a v2 header at the start of ``data`` (which starts with ``\\r``).
 
     A header longer than ``max_length`` is refused from its preamble, before
@@ -74,17 +52,17 @@ def parse_v2(data: bytes, max_length: int = MAX_LENGTH) -> tuple[ProxyHeader, in
 
     Raises:
         InvalidHeader: the bytes can never be a valid header.
-        IncompleteHeader: a strict prefix; ``needed`` is exact once the length
-            field has arrived.
+        IncompleteHeader: a strict prefix; ``needed`` is exact: the rest of
+            the preamble, then the rest of the length it declares.
     """
     available = len(data)
-    if available < PREAMBLE_LENGTH:
+    if available < V2_PREAMBLE_LENGTH:
         _check_preamble_prefix(data)
-        raise IncompleteHeader(PREAMBLE_LENGTH - available)
-    if data[:12] != SIGNATURE:
+        raise IncompleteHeader(V2_PREAMBLE_LENGTH - available, exact=True)
+    if data[:12] != V2_SIGNATURE:
         raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: bad v2 signature")
     version_command = data[12]
-    if version_command >> 4 != VERSION or version_command & 0x0F > 1:
+    if version_command >> 4 != V2_VERSION or version_command & 0x0F > 1:
         _check_version_command(version_command)  # raises, naming the nibble
     entry = _FAMILY_TRANSPORT.get(data[13])
     if entry is None:
@@ -98,48 +76,48 @@ def parse_v2(data: bytes, max_length: int = MAX_LENGTH) -> tuple[ProxyHeader, in
         raise InvalidHeader(
             Reason.BAD_HDR, f"v2 length {body_length} is shorter than the {family.name} address block ({block_size})"
         )
-    length = PREAMBLE_LENGTH + body_length
+    length = V2_PREAMBLE_LENGTH + body_length
     if length > max_length:
         raise InvalidHeader(Reason.BAD_HDR, f"header over {max_length} bytes ({length})")
     if available < length:
-        raise IncompleteHeader(length - available)
+        raise IncompleteHeader(length - available, exact=True)
     header = data if available == length else data[:length]  # parse() hands us bytes
 
     if command is _LOCAL:
         # Addresses are ignored; TLVs sit at byte 16 (HAProxy, AWS NLB) or
         # after the family's block; bytes that frame at neither are ignored.
-        tlvs = _lenient_tlvs(header, PREAMBLE_LENGTH, block_size)
+        tlvs = _lenient_tlvs(header, V2_PREAMBLE_LENGTH, block_size)
         return new_header(2, command, family, protocol, None, None, tlvs, header), length
     if block_size == 0:
         # PROXY with family UNSPEC: no block, real endpoints; treat the bytes
         # like LOCAL's (the spec lets the receiver ignore them).
-        tlvs = _lenient_tlvs(header, PREAMBLE_LENGTH, 0)
+        tlvs = _lenient_tlvs(header, V2_PREAMBLE_LENGTH, 0)
         return new_header(2, command, family, protocol, None, None, tlvs, header), length
 
-    tlvs = () if length == PREAMBLE_LENGTH + block_size else _checked_tlvs(header, PREAMBLE_LENGTH + block_size)
+    tlvs = () if length == V2_PREAMBLE_LENGTH + block_size else _checked_tlvs(header, V2_PREAMBLE_LENGTH + block_size)
     if protocol is None:
         # UNSPEC transport: keep the family's layout, use the real endpoints.
         return new_header(2, command, family, protocol, None, None, tlvs, header), length
     source: Address
     destination: Address
     if family is _AF_INET:
-        source_ip, destination_ip, source_port, destination_port = _INET.unpack_from(header, PREAMBLE_LENGTH)
+        source_ip, destination_ip, source_port, destination_port = _INET.unpack_from(header, V2_PREAMBLE_LENGTH)
         source = (_inet_ntop(_AF_INET, source_ip), source_port)
         destination = (_inet_ntop(_AF_INET, destination_ip), destination_port)
     elif family is _AF_INET6:
-        source_ip, destination_ip, source_port, destination_port = _INET6.unpack_from(header, PREAMBLE_LENGTH)
+        source_ip, destination_ip, source_port, destination_port = _INET6.unpack_from(header, V2_PREAMBLE_LENGTH)
         source = (_inet_ntop(_AF_INET6, source_ip), source_port)
         destination = (_inet_ntop(_AF_INET6, destination_ip), destination_port)
     else:
-        source = _unix_path(header[PREAMBLE_LENGTH : PREAMBLE_LENGTH + UNIX_PATH_SIZE])
-        destination = _unix_path(header[PREAMBLE_LENGTH + UNIX_PATH_SIZE : PREAMBLE_LENGTH + 2 * UNIX_PATH_SIZE])
+        source = _unix_path(header[V2_PREAMBLE_LENGTH : V2_PREAMBLE_LENGTH + UNIX_PATH_SIZE])
+        destination = _unix_path(header[V2_PREAMBLE_LENGTH + UNIX_PATH_SIZE : V2_PREAMBLE_LENGTH + 2 * UNIX_PATH_SIZE])
     return new_header(2, command, family, protocol, source, destination, tlvs, header), length
 
 
 def _check_preamble_prefix(data: bytes) -> None:
     """Fail fast on the first bytes of a preamble (SPEC.md section 7)."""
     available = len(data)
-    if data[:12] != SIGNATURE[:available]:
+    if data[:12] != V2_SIGNATURE[:available]:
         raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: bad v2 signature")
     if available > 12:
         _check_version_command(data[12])
@@ -149,7 +127,7 @@ def _check_preamble_prefix(data: bytes) -> None:
 
 
 def _check_version_command(byte: int) -> None:
-    if byte >> 4 != VERSION:
+    if byte >> 4 != V2_VERSION:
         raise InvalidHeader(Reason.BAD_PROTO, f"v2 version nibble is {byte >> 4}, not 2")
     if byte & 0x0F > Command.PROXY:
         raise InvalidHeader(Reason.BAD_HDR, f"v2 command nibble is {byte & 0x0F}, not LOCAL or PROXY")
@@ -157,7 +135,7 @@ def _check_version_command(byte: int) -> None:
 
 def _family(byte: int) -> tuple[socket.AddressFamily, int]:
     try:
-        return FAMILIES[byte >> 4]
+        return V2_FAMILIES[byte >> 4]
     except KeyError:
         raise InvalidHeader(
             Reason.BAD_PROTO, f"v2 family nibble {byte >> 4} is not UNSPEC, INET, INET6 or UNIX"
@@ -166,7 +144,7 @@ def _family(byte: int) -> tuple[socket.AddressFamily, int]:
 
 def _transport(byte: int) -> socket.SocketKind | None:
     try:
-        return TRANSPORTS[byte & 0x0F]
+        return V2_TRANSPORTS[byte & 0x0F]
     except KeyError:
         raise InvalidHeader(
             Reason.BAD_PROTO, f"v2 transport nibble {byte & 0x0F} is not UNSPEC, STREAM or DGRAM"

@@ -8,6 +8,8 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ import gevent.socket
 import pytest
 
 import gevent_proxyproto as gpp
+from gevent_proxyproto import read_header
 
 from .conftest import require_tool
 
@@ -183,3 +186,106 @@ def has_ipv6_loopback() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+
+
+class ChunkedSocket:
+    """A connection that replays chunks as TCP delivers them, for read_header without a network.
+
+    ``recv`` returns what has arrived (at most ``size`` bytes; ``MSG_PEEK``
+    leaves it there); with nothing there, the next chunk arrives (the reader
+    would have waited for it), and after the last one, end of file. The kernel
+    socket under a gevent socket (``_sock``) raises ``BlockingIOError`` instead
+    of waiting. Chunks arrive as late as possible: only when the reader would
+    block.
+
+    It counts the calls, and fails on a spin: a peek that returns the very
+    bytes of the previous peek, with nothing consumed and nothing arrived in
+    between, is what a reader waiting for readability with peeked bytes
+    unconsumed does (SPEC.md section 5): on a real socket it never sleeps.
+    """
+
+    def __init__(self, chunks: list[bytes], arrived: bool = False, then_silent: bool = False) -> None:
+        self.pending = deque(chunk for chunk in chunks if chunk)
+        #: After the last chunk the client neither sends nor closes: a wait fails the test.
+        self.then_silent = then_silent
+        self.buffer = b""
+        self.timeout: float | None = None
+        #: recv calls, those that found nothing (EAGAIN) included.
+        self.calls = 0
+        self.arrivals = 0
+        self.consumed = 0
+        self._last_peek: tuple[int, int] | None = None
+        self._sock = _KernelSocket(self)
+        if arrived and self.pending:  # the first chunk is there before the reader looks
+            self._deliver()
+
+    def _deliver(self) -> None:
+        self.buffer += self.pending.popleft()
+        self.arrivals += 1
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if not self.buffer:
+            if self.pending:
+                self._deliver()
+            elif self.then_silent:
+                raise AssertionError("the reader waits for bytes a silent client will never send")
+        return self._take(size, flags)
+
+    def _take(self, size: int, flags: int) -> bytes:
+        self.calls += 1
+        assert size > 0, f"recv({size})"
+        data = self.buffer[:size]
+        if flags & socket.MSG_PEEK:
+            state = (self.consumed, self.arrivals)
+            assert not (data and state == self._last_peek), "spin: peeked again with nothing consumed or arrived"
+            self._last_peek = state
+        else:
+            self.buffer = self.buffer[len(data) :]
+            self.consumed += len(data)
+        return data
+
+    def unread(self) -> bytes:
+        return self.buffer + b"".join(self.pending)
+
+
+class _KernelSocket:
+    def __init__(self, outer: ChunkedSocket) -> None:
+        self.outer = outer
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if not self.outer.buffer and (self.outer.pending or self.outer.then_silent):
+            self.outer.calls += 1
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return self.outer._take(size, flags)
+
+
+def _reader_parses_every_arrival() -> bool:
+    """Whether read_header parses the bytes it has before waiting for more (fail fast, SPEC.md section 7).
+
+    Without it, a reader that consumed bytes blind (``IncompleteHeader.needed``)
+    waits for all of them, or peeks for more after an exact read that already
+    ended the line: ``P\\r\\n`` is refused only at the deadline, and a v1 line
+    split before its last bytes then followed by silence (a server-first
+    protocol) is never accepted. The reader tests are strict once it holds.
+    """
+    sock = ChunkedSocket([b"P", b"\r\n"])
+    try:
+        read_header(sock, time.monotonic() + 5)
+    except gpp.InvalidHeader:
+        return True
+    except gpp.ProxyProtocolError:
+        return False
+    return False
+
+
+def _reader_counts_peeked_bytes() -> bool:
+    """Whether a close after some peeked bytes is ABORT (closed mid-header), not EMPTY (before any byte)."""
+    try:
+        read_header(ChunkedSocket([V2_TCP4[:20]]), time.monotonic() + 5)
+    except gpp.ConnectionClosed as closed:
+        return closed.reason is gpp.Reason.ABORT
+    return False
+
+
+FAILS_FAST = _reader_parses_every_arrival()
+COUNTS_PEEKED_BYTES = _reader_counts_peeked_bytes()

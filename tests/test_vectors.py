@@ -134,4 +134,4 @@ def test_vector_round_trip(case: dict[str, Any]) -> None:
     rebuilt = gpp.ProxyHeader(
         header.version, header.command, header.family, header.protocol, header.source, header.destination, header.tlvs
     )
-    assert gpp.parse(rebuilt.to_bytes())[0] == header
+    assert gpp.parse(gpp.encode_header(rebuilt))[0] == header
