@@ -1,6 +1,7 @@
 """Smoke tests: the examples run as documented in the README."""
 
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -10,7 +11,7 @@ import sys
 import gevent.socket
 
 from .conftest import REPO, require_tool
-from .support import is_listening, read_line, wait_until
+from .support import is_listening, make_certificate, read_line, wait_until
 
 
 def test_echo_server_example() -> None:
@@ -78,10 +79,16 @@ def test_multiplex_server_behind_a_real_haproxy() -> None:
                 process.wait()
 
 
-def test_multiplex_example_files_are_valid() -> None:
+def test_multiplex_example_files_are_valid(tmp_path: pathlib.Path) -> None:
     """examples/multiplex.toml passes `check` (its handlers import) and its HAProxy config passes `haproxy -c`."""
+    # `check` loads the certificate too: the one the example's comment tells a user to make.
+    certfile, keyfile = make_certificate(str(tmp_path))
+    config = (REPO / "examples" / "multiplex.toml").read_text()
+    assert 'certfile = "examples/localhost.crt"' in config and 'keyfile = "examples/localhost.key"' in config
+    config = config.replace("examples/localhost.crt", certfile).replace("examples/localhost.key", keyfile)
+    (tmp_path / "multiplex.toml").write_text(config)
     result = subprocess.run(
-        [sys.executable, "-m", "gevent_proxyproto", "check", "examples/multiplex.toml"],
+        [sys.executable, "-m", "gevent_proxyproto", "check", str(tmp_path / "multiplex.toml")],
         cwd=REPO, capture_output=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
