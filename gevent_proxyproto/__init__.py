@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._client import create_connection
     from ._config import ConfigError, DispatcherConfig, ServiceConfig, TLSConfig, load_config
     from ._dispatch import Dispatcher, StartupError, bind_listeners
+    from ._multiplex import Multiplexer, Unmatched
     from ._relay import ProxyRelay
     from ._server import ProxyStreamServer
     from ._socket import ProxyPolicy, ProxySocket, read_header
