@@ -27,7 +27,9 @@ setup(
     ],
     entry_points={"console_scripts": ["gevent-proxyproto = gevent_proxyproto.__main__:main"]},
     extras_require={
-        "test": ["pytest>=7", "mock>=5", "hypothesis>=6.80"],
+        "test": ["pytest>=7", "mock>=5", "hypothesis>=6.80", "gunicorn>=24.1"],
+        # gevent_proxyproto.gunicorn: the gunicorn workers.
+        "gunicorn": ["gunicorn>=24.1"],
         # A C implementation of CRC32C; the pure-Python one is used without it.
         "speedups": ["crc32c>=2.3"],
     },

@@ -412,6 +412,25 @@ def log_refusal(error: ProxyProtocolError, real_peer: Any, where: str) -> None:
         log.log(level, "PROXY header refused from %s on %s: %s", describe_peer(real_peer), where, error)
 
 
+def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
+    """LOCAL, or a v1 line naming the proxy's own socket (HAProxy's check-send-proxy): no client would."""
+    if header is None:
+        return False
+    if header.command == Command.LOCAL:
+        return True
+    return isinstance(header.source, tuple) and isinstance(real_peer, tuple) and header.source == real_peer[:2]
+
+
+def _hung_up(conn: ProxySocket) -> bool:
+    """Whether the peer has already closed or reset: a look at the kernel socket that never waits."""
+    try:
+        return not conn._sock.recv(1, _MSG_PEEK)
+    except BlockingIOError:
+        return False  # open, nothing sent yet: an HTTP check's request may follow
+    except OSError:
+        return True  # ECONNRESET
+
+
 class _Acceptor:
     """The accept loop behind a listening ProxySocket.
 
@@ -494,7 +513,16 @@ class _Acceptor:
             conn.close()  # killed by stop(), or a bug: never leak the fd
             self.slots.release()
             raise
-        self.ready.put((conn, conn.getpeername()))
+        if _is_health_check(conn.proxy_header, real_peer) and _hung_up(conn):
+            # A load balancer's check resets right after its header: no
+            # handler to run, nothing worth more than a debug line.
+            conn.close()
+            self.slots.release()
+            log.debug("health check from %s on %s ended after its header", describe_peer(real_peer), self.where)
+            return
+        # The accepted address when the header names none (LOCAL, UNSPEC,
+        # direct): a getpeername() now fails on a connection reset meanwhile.
+        self.ready.put((conn, conn._peer if conn._peer is not None else real_peer))
 
     def stop(self) -> None:
         self.loop.kill(block=False)

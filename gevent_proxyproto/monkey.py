@@ -197,6 +197,11 @@ def _init_stream_server_socket(server: Any) -> None:
     server.__dict__.setdefault("tls_failures", 0)
     server.do_read = partial(accept_connection, server)
     read_headers_first(server)
+    pywsgi = sys.modules.get("gevent.pywsgi")
+    if pywsgi is not None and isinstance(server, pywsgi.WSGIServer):
+        from ._wsgi import with_proxy_environ  # the PROXY keys in the environ
+
+        server.handler_class = with_proxy_environ(server.handler_class)
 
 
 # -- socket.socket, for socketserver, http.server, wsgiref and accept loops ----
