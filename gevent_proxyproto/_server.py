@@ -16,7 +16,7 @@ from gevent.server import StreamServer
 
 from ._errors import ProxyProtocolError, Reason
 from ._model import ProxyHeader
-from ._socket import ProxyPolicy, ProxySocket, _hung_up, _is_health_check, describe_peer, log_refusal
+from ._socket import ProxyPolicy, ProxySocket, _is_health_check, describe_peer, health_check_ended, log_refusal
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -135,7 +135,7 @@ def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> A
         server.failures[error.reason] += 1
         log_refusal(error, real_peer, server._where)
         return None  # the server's do_close closes the socket
-    if _is_health_check(header, real_peer) and _hung_up(client):
+    if health_check_ended(client, header, real_peer):
         log.debug("health check from %s on %s ended after its header", describe_peer(real_peer), server._where)
         return None
     # The accepted address, not a new getpeername(): a health check may

@@ -421,6 +421,28 @@ def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
     return isinstance(header.source, tuple) and isinstance(real_peer, tuple) and header.source == real_peer[:2]
 
 
+#: Seconds a health check's connection is watched, after its header, for the
+#: reset that ends it before it reaches the handler. The reset follows the
+#: header at once; an HTTP check's request does too, so neither waits. Short:
+#: a check of a server-first protocol waits this long for its greeting.
+HEALTH_CHECK_WATCH = 0.05
+
+
+def health_check_ended(conn: ProxySocket, header: ProxyHeader | None, real_peer: Any) -> bool:
+    """Whether ``conn`` is a health check whose peer closed or reset right after its header.
+
+    Such a connection is dropped with one debug line: handing it to an
+    application would end in a write to a reset socket, and often a traceback.
+    """
+    if not _is_health_check(header, real_peer):
+        return False
+    try:
+        gevent.socket.wait_read(conn.fileno(), timeout=HEALTH_CHECK_WATCH, timeout_exc=TimeoutError)
+    except TimeoutError:
+        return False  # open and silent: a check that waits for the server to speak first
+    return _hung_up(conn)
+
+
 def _hung_up(conn: ProxySocket) -> bool:
     """Whether the peer has already closed or reset: a look at the kernel socket that never waits."""
     try:
@@ -513,7 +535,7 @@ class _Acceptor:
             conn.close()  # killed by stop(), or a bug: never leak the fd
             self.slots.release()
             raise
-        if _is_health_check(conn.proxy_header, real_peer) and _hung_up(conn):
+        if health_check_ended(conn, conn.proxy_header, real_peer):
             # A load balancer's check resets right after its header: no
             # handler to run, nothing worth more than a debug line.
             conn.close()

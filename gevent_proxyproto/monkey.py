@@ -326,6 +326,11 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
     parser.add_argument(
         "--header-timeout", type=float, metavar="SECONDS", help="seconds for the whole header (default: 5)"
     )
+    parser.add_argument(
+        "--log-level", type=str.upper, metavar="LEVEL",
+        help="log gevent_proxyproto's lines to stderr at LEVEL (DEBUG shows each refused connection and "
+        "health check); default: the program's own logging decides",
+    )  # fmt: skip
     parser.add_argument("-m", "--module", action="store_true", help="run a module, as python -m does")
     parser.add_argument("program", help="the script (a module with -m)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
@@ -337,6 +342,17 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
         _port_set(ports)
     except ValueError as error:
         parser.error(str(error))
+
+    if options.log_level is not None:
+        import logging
+
+        if not isinstance(logging.getLevelName(options.log_level), int):
+            parser.error(f"--log-level: no level named {options.log_level!r}")
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        library_log = logging.getLogger("gevent_proxyproto")
+        library_log.addHandler(handler)
+        library_log.setLevel(options.log_level)
 
     # One module whatever its name: run as __main__, this module must be the
     # one a program gets from `import gevent_proxyproto.monkey` (gevent.monkey

@@ -64,10 +64,10 @@ class Child:
             raise AssertionError(f"{self.argv} still running after {timeout} s:\n{self.output}")
         return status
 
-    def stop(self) -> int | None:
-        """SIGTERM by PID (SIGKILL after STOP_TIMEOUT); the exit status. Idempotent."""
+    def stop(self, signal_number: int = signal.SIGTERM) -> int | None:
+        """``signal_number`` by PID (SIGKILL after STOP_TIMEOUT); the exit status. Idempotent."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal_number)
             if wait_exit(self.process, STOP_TIMEOUT) is None:
                 self.process.kill()
                 self.process.wait(timeout=STOP_TIMEOUT)
