@@ -32,6 +32,7 @@ class Child:
     def __init__(self, argv: Sequence[str], workdir: pathlib.Path, env: dict[str, str] | None = None) -> None:
         self.argv = list(argv)
         self.log_path = workdir / f"child-{os.getpid()}-{id(self)}.log"
+        self._final_output: str | None = None
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.argv,
@@ -44,6 +45,9 @@ class Child:
 
     @property
     def output(self) -> str:
+        """What it wrote so far (all of it, once stopped: kept after its directory is gone)."""
+        if self._final_output is not None:
+            return self._final_output
         return self.log_path.read_text(errors="replace")
 
     def wait_for(self, pattern: str, count: int = 1, timeout: float = READY_TIMEOUT) -> str:
@@ -71,6 +75,8 @@ class Child:
             if wait_exit(self.process, STOP_TIMEOUT) is None:
                 self.process.kill()
                 self.process.wait(timeout=STOP_TIMEOUT)
+        if self._final_output is None:
+            self._final_output = self.log_path.read_text(errors="replace")
         return self.process.returncode
 
 
