@@ -191,3 +191,16 @@ def test_worker_settings_read_gunicorns_trust_and_the_environment() -> None:
     config.set("proxy_allow_ips", "*")
     assert ("198.51.100.1", 1) in WorkerSettings.from_config(config, {}).policy.trusted
 
+
+
+def test_the_example_config_file_runs() -> None:
+    port = free_port()
+    with children() as start:
+        argv = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "examples" / "gunicorn.conf.py"),
+                "-b", f"127.0.0.1:{port}", "--no-control-socket", "--chdir", str(REPO / "examples"), "wsgi_app:app"]  # fmt: skip
+        server = start(argv)
+        server.wait_for(BOOTED, count=2)  # workers = 2
+        with connect(port, gpp.build_v2(source=CLIENT, destination=FRONT)) as sock:
+            seen = parse_app_answer(http_get(sock)[1])
+        assert (seen["REMOTE_ADDR"], seen["PROXY_ADDR"]) == ("203.0.113.7", "192.0.2.1")
+        server.wait_for(r'203\.0\.113\.7 - - \[.*\] "GET / HTTP/1\.1" 200')  # accesslog = "-": the client
