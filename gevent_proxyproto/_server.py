@@ -14,7 +14,7 @@ from typing import Any
 
 from gevent.server import StreamServer
 
-from ._errors import ProxyProtocolError, Reason
+from ._errors import ProxyProtocolError
 from ._model import ProxyHeader
 from ._socket import ProxyPolicy, ProxySocket, _is_health_check, describe_peer, health_check_ended, log_refusal
 

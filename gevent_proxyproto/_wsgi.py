@@ -119,7 +119,7 @@ class ProxyWSGIServer(WSGIServer):  # type: ignore[misc]
             request's ``wsgi.url_scheme`` is ``https``; False turns it off.
     """
 
-    handler_class = ProxyWSGIHandler
+    handler_class: type = ProxyWSGIHandler
 
     def __init__(
         self,

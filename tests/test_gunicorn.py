@@ -115,7 +115,9 @@ def test_header_timeout_from_the_environment(worker: str) -> None:
     ],
 )
 @pytest.mark.parametrize("worker", WORKERS)
-def test_bad_settings_stop_gunicorn_at_start(worker: str, options: list[str], env: dict[str, str], message: str) -> None:
+def test_bad_settings_stop_gunicorn_at_start(
+    worker: str, options: list[str], env: dict[str, str], message: str
+) -> None:
     with children() as start:
         server = start(gunicorn_argv(worker, free_port(), *options), env=env)
         assert server.wait_exit() != 0
@@ -136,7 +138,9 @@ def test_importing_the_workers_without_gunicorn_says_what_to_install() -> None:
         "    print(error)\n"
     )
     result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=REPO, timeout=30)
-    assert result.stdout.strip() == "gevent_proxyproto.gunicorn needs gunicorn: pip install 'gevent-proxyproto[gunicorn]'"
+    assert (
+        result.stdout.strip() == "gevent_proxyproto.gunicorn needs gunicorn: pip install 'gevent-proxyproto[gunicorn]'"
+    )
 
 
 def _runner_argv(port: int, worker: str) -> list[str]:
@@ -190,7 +194,6 @@ def test_worker_settings_read_gunicorns_trust_and_the_environment() -> None:
     assert ("192.0.2.7", 1) not in default.policy.trusted and default.scheme_from_ssl_tlv is True
     config.set("proxy_allow_ips", "*")
     assert ("198.51.100.1", 1) in WorkerSettings.from_config(config, {}).policy.trusted
-
 
 
 def test_the_example_config_file_runs() -> None:

@@ -4,12 +4,12 @@ import logging
 import socket
 import ssl
 import time
+from unittest import mock
 
 import gevent
 import gevent.event
 import gevent.socket
 import gevent.ssl
-import mock
 import pytest
 
 import gevent_proxyproto as gpp

@@ -33,7 +33,11 @@ def test_the_client_and_the_load_balancer_under_gunicorns_keys() -> None:
     assert (environ["PROXY_ADDR"], environ["PROXY_PORT"], environ["PROXY_PROTOCOL"]) == ("192.0.2.1", "443", "TCP4")
     assert environ["wsgi.url_scheme"] == "http" and "HTTPS" not in environ
     environ = _environ(V1_TCP6)
-    assert (environ["REMOTE_ADDR"], environ["PROXY_ADDR"], environ["PROXY_PROTOCOL"]) == ("2001:db8::7", "2001:db8::1", "TCP6")
+    assert (environ["REMOTE_ADDR"], environ["PROXY_ADDR"], environ["PROXY_PROTOCOL"]) == (
+        "2001:db8::7",
+        "2001:db8::1",
+        "TCP6",
+    )
 
 
 @pytest.mark.parametrize(
@@ -42,7 +46,11 @@ def test_the_client_and_the_load_balancer_under_gunicorns_keys() -> None:
 )
 def test_headers_without_addresses_keep_the_real_peer(header: bytes, protocol: str) -> None:
     environ = _environ(header)
-    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"], environ["PROXY_PROTOCOL"]) == ("127.0.0.1", "50000", protocol)
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"], environ["PROXY_PROTOCOL"]) == (
+        "127.0.0.1",
+        "50000",
+        protocol,
+    )
     assert "PROXY_ADDR" not in environ and "PROXY_PORT" not in environ
 
 

@@ -107,8 +107,9 @@ def _serve(port: int, workdir: Any) -> list[str]:
 
 
 PATHS: dict[str, Callable[[int, Any], list[str]]] = {
-    "monkey-socketserver": lambda port, _: _runner(port, str(REPO / "examples" / "legacy_socketserver.py"),
-                                                   "--port", str(port)),  # fmt: skip
+    "monkey-socketserver": lambda port, _: _runner(
+        port, str(REPO / "examples" / "legacy_socketserver.py"), "--port", str(port)
+    ),  # fmt: skip
     "monkey-pywsgi": lambda port, _: _runner(port, str(REPO / "examples" / "pywsgi_app.py"), "--port", str(port)),
     "dispatcher": _serve,
     "gunicorn-GeventWorker": lambda port, _: gunicorn_argv(
@@ -135,7 +136,9 @@ def test_server_processes(path: str, haproxy: Callable[..., HAProxy], tmp_path: 
         output = server.wait_for(CHECK_LINE.pattern, count=CHECKS_WANTED, timeout=CHECKS_TIMEOUT)
         assert_all_up(proxy, len(PROXY_CHECKS))
         # The examples stop on Ctrl-C (SIGINT), gunicorn and the dispatcher on SIGTERM.
-        assert server.stop(signal.SIGINT if path.startswith("monkey-") and "gunicorn" not in path else signal.SIGTERM) == 0
+        assert (
+            server.stop(signal.SIGINT if path.startswith("monkey-") and "gunicorn" not in path else signal.SIGTERM) == 0
+        )
     assert_quiet(output)
 
 
