@@ -21,6 +21,10 @@ greenlets, each in a closed loop. Every connection starts with the same
 
 requests/s is this client's wall clock from the first connect to the last
 answer, over ``--requests`` requests, after ``--warmup`` requests not counted.
+The worker's CPU time per request (user + system, from ``/proc``) is the
+server's own cost, the least noisy figure on a shared machine; ``capacity
+ratio`` = ``cpu/req(native) / cpu/req(ours)`` is the requests/s ratio where
+the worker, not the client, is the bottleneck.
 
 Method
 ------
@@ -97,6 +101,15 @@ def start_gunicorn(configuration: str, log: Any) -> tuple[subprocess.Popen[bytes
         time.sleep(0.02)  # a bounded poll of its log, outside the measurement
 
 
+def worker_cpu_seconds(master_pid: int) -> float:
+    """User + system CPU seconds of the master's (one) worker, from /proc: the server's own cost."""
+    with open(f"/proc/{master_pid}/task/{master_pid}/children") as children:
+        (worker,) = children.read().split()
+    with open(f"/proc/{worker}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -167,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine(), "options": vars(options), "modes": {}}
     print(f"machine: {report['machine']}")
     results: dict[str, dict[str, list[float]]] = {mode: {name: [] for name in CONFIGURATIONS} for mode in modes}
+    cpu: dict[str, dict[str, list[float]]] = {mode: {name: [] for name in CONFIGURATIONS} for mode in modes}
     with tempfile.TemporaryFile() as log:
         for round_index in range(options.rounds):
             for name in rotated(list(CONFIGURATIONS), round_index):
@@ -174,21 +188,31 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     for mode in modes:
                         load(port, mode, options.warmup, options.concurrency, options.requests_per_connection)
+                        cpu_before = worker_cpu_seconds(process.pid)
                         rate = load(port, mode, options.requests, options.concurrency, options.requests_per_connection)
+                        cpu_us = (worker_cpu_seconds(process.pid) - cpu_before) / options.requests * 1e6
                         results[mode][name].append(rate)
-                        print(f"round {round_index + 1} {mode:9} {name:6} {rate:8.0f} req/s", flush=True)
+                        cpu[mode][name].append(cpu_us)
+                        print(f"round {round_index + 1} {mode:9} {name:6} {rate:8.0f} req/s {cpu_us:6.0f} us cpu/req",
+                              flush=True)  # fmt: skip
                 finally:
                     stop(process)
     for mode in modes:
         ratio = ratio_summary(results[mode]["ours"], results[mode]["native"])
+        capacity = ratio_summary(cpu[mode]["native"], cpu[mode]["ours"])
         report["modes"][mode] = {
             "native": summarize(results[mode]["native"]),
             "ours": summarize(results[mode]["ours"]),
             "ratio": ratio,
+            "cpu_us_native": summarize(cpu[mode]["native"]),
+            "cpu_us_ours": summarize(cpu[mode]["ours"]),
+            "capacity_ratio": capacity,
         }
         print(
             f"{mode:9} native {fmt(summarize(results[mode]['native']), digits=0)} req/s, "
-            f"ours {fmt(summarize(results[mode]['ours']), digits=0)} req/s, ratio ours/native {fmt(ratio)}"
+            f"ours {fmt(summarize(results[mode]['ours']), digits=0)} req/s, ratio ours/native {fmt(ratio)}\n"
+            f"{'':9} worker cpu/req native {fmt(summarize(cpu[mode]['native']), digits=0)} us, "
+            f"ours {fmt(summarize(cpu[mode]['ours']), digits=0)} us, capacity ratio {fmt(capacity)}"
         )
     print(f"load average at the end: {os.getloadavg()}")
     write_json(options.json, report)
