@@ -16,7 +16,7 @@ from gevent.server import StreamServer
 
 from ._errors import ProxyProtocolError
 from ._model import ProxyHeader
-from ._socket import ProxyPolicy, ProxySocket, _is_health_check, describe_peer, health_check_ended, log_refusal
+from ._socket import ProxyPolicy, ProxySocket, describe_peer, health_check_ended, is_health_check, log_refusal
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -169,7 +169,7 @@ def _call_handler(server: Any, sock: Any, address: Any, header: ProxyHeader | No
     except OSError as error:
         # A proxy's health check hangs up or resets once it has its
         # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
-        if _is_health_check(header, real_peer):  # only worth working out here
+        if is_health_check(header, real_peer):  # only worth working out here
             log.debug("health check from %s on %s ended: %s", describe_peer(address), server._where, error)
             return None
         raise

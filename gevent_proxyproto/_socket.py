@@ -412,7 +412,7 @@ def log_refusal(error: ProxyProtocolError, real_peer: Any, where: str) -> None:
         log.log(level, "PROXY header refused from %s on %s: %s", describe_peer(real_peer), where, error)
 
 
-def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
+def is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
     """LOCAL, or a v1 line naming the proxy's own socket (HAProxy's check-send-proxy): no client would."""
     if header is None:
         return False
@@ -434,7 +434,7 @@ def health_check_ended(conn: ProxySocket, header: ProxyHeader | None, real_peer:
     Such a connection is dropped with one debug line: handing it to an
     application would end in a write to a reset socket, and often a traceback.
     """
-    if not _is_health_check(header, real_peer):
+    if not is_health_check(header, real_peer):
         return False
     try:
         gevent.socket.wait_read(conn.fileno(), timeout=HEALTH_CHECK_WATCH, timeout_exc=TimeoutError)

@@ -14,9 +14,9 @@ import gevent.socket
 import pytest
 
 from ..children import Child, children, free_port, gunicorn_argv, http_get, parse_app_answer
-from ..conftest import REPO
+from ..conftest import REPO, require_tool
 from ..support import client_tls_context
-from .peers import Certificates, Endpoint, HAProxy
+from .peers import Certificates, Endpoint, HAProxy, run_checker, which
 
 pytestmark = pytest.mark.interop
 
@@ -107,3 +107,13 @@ def test_local_health_checks_keep_the_server_up_and_quiet(
         own = sock.getsockname()
         assert parse_app_answer(http_get(sock)[1])["REMOTE_PORT"] == str(own[1])
     assert "WARNING" not in child.output and "ERROR" not in child.output
+
+
+def test_the_example_haproxy_config_is_valid(certificates: Certificates, tmp_path: Any) -> None:
+    if which("haproxy") is None:
+        require_tool("haproxy", "the example config is checked by the real binary")
+    text = (REPO / "examples" / "haproxy-gunicorn.cfg").read_text()
+    assert "examples/server.pem" in text
+    config = tmp_path / "haproxy-gunicorn.cfg"
+    config.write_text(text.replace("examples/server.pem", certificates.server_pem))
+    run_checker([str(which("haproxy")), "-c", "-f", str(config)], "examples/haproxy-gunicorn.cfg")
