@@ -135,9 +135,8 @@ def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> A
         server.failures[error.reason] += 1
         log_refusal(error, real_peer, server._where)
         return None  # the server's do_close closes the socket
-    if health_check_ended(client, header, real_peer):
-        log.debug("health check from %s on %s ended after its header", describe_peer(real_peer), server._where)
-        return None
+    if health_check_ended(client, header, real_peer, server._where):
+        return None  # the server's do_close closes the socket
     # The accepted address, not a new getpeername(): a health check may
     # already have reset the connection.
     address = client.getpeername() if header is not None and header.source is not None else real_peer

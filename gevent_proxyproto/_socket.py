@@ -428,11 +428,12 @@ def is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
 HEALTH_CHECK_WATCH = 0.05
 
 
-def health_check_ended(conn: ProxySocket, header: ProxyHeader | None, real_peer: Any) -> bool:
+def health_check_ended(conn: ProxySocket, header: ProxyHeader | None, real_peer: Any, where: str) -> bool:
     """Whether ``conn`` is a health check whose peer closed or reset right after its header.
 
-    Such a connection is dropped with one debug line: handing it to an
-    application would end in a write to a reset socket, and often a traceback.
+    Such a connection is to be dropped (this logs its one debug line):
+    handing it to an application would end in a write to a reset socket,
+    and often a traceback.
     """
     if not is_health_check(header, real_peer):
         return False
@@ -440,7 +441,10 @@ def health_check_ended(conn: ProxySocket, header: ProxyHeader | None, real_peer:
         gevent.socket.wait_read(conn.fileno(), timeout=HEALTH_CHECK_WATCH, timeout_exc=TimeoutError)
     except TimeoutError:
         return False  # open and silent: a check that waits for the server to speak first
-    return _hung_up(conn)
+    if not _hung_up(conn):
+        return False
+    log.debug("health check from %s on %s ended after its header", describe_peer(real_peer), where)
+    return True
 
 
 def _hung_up(conn: ProxySocket) -> bool:
@@ -535,12 +539,9 @@ class _Acceptor:
             conn.close()  # killed by stop(), or a bug: never leak the fd
             self.slots.release()
             raise
-        if health_check_ended(conn, conn.proxy_header, real_peer):
-            # A load balancer's check resets right after its header: no
-            # handler to run, nothing worth more than a debug line.
-            conn.close()
+        if health_check_ended(conn, conn.proxy_header, real_peer, self.where):
+            conn.close()  # no handler to run
             self.slots.release()
-            log.debug("health check from %s on %s ended after its header", describe_peer(real_peer), self.where)
             return
         # The accepted address when the header names none (LOCAL, UNSPEC,
         # direct): a getpeername() now fails on a connection reset meanwhile.
