@@ -19,6 +19,10 @@ address; every other socket is left as it was. No other change to the program:
   header has been read, not when its file descriptor is.
 
 Sockets that were already listening before :func:`patch` stay plain.
+Under the runner, gunicorn's gevent workers (``-k gevent``, ``-k gevent_pywsgi``)
+work; its other workers wait on the listening socket themselves, so the runner
+refuses them at start, naming ``gevent_proxyproto.gunicorn.GeventWorker`` (which
+needs no runner).
 Run an unmodified program with::
 
     python -m gevent_proxyproto.monkey --proxy-ports 8080 script.py [args...]
