@@ -31,7 +31,9 @@ setup(
     ],
     entry_points={"console_scripts": ["gevent-proxyproto = gevent_proxyproto.__main__:main"]},
     extras_require={
-        "test": ["pytest>=7", "mock>=5", "hypothesis>=6.80"],
+        "test": ["pytest>=7", "mock>=5", "hypothesis>=6.80", "gunicorn>=24.1"],
+        # gevent_proxyproto.gunicorn: the gunicorn workers.
+        "gunicorn": ["gunicorn>=24.1"],
         # Kept for installs that name it; crc32c is now a default dependency.
         "speedups": [],
     },

@@ -40,12 +40,14 @@ if TYPE_CHECKING:
     from ._socket import ProxyPolicy, ProxySocket, read_header
     from ._tls_hook import ProxySSLSocket
     from ._udp import ProxiedAddress, ProxyDatagramServer
+    from ._wsgi import ProxyWSGIServer
 
 _LAZY = {
     "ProxyPolicy": "._socket",
     "ProxySocket": "._socket",
     "read_header": "._socket",
     "ProxyStreamServer": "._server",
+    "ProxyWSGIServer": "._wsgi",
     "ProxySSLSocket": "._tls_hook",
     "ConfigError": "._config",
     "DispatcherConfig": "._config",
@@ -93,6 +95,7 @@ __all__ = [
     "ProxySSLSocket",
     "ProxySocket",
     "ProxyStreamServer",
+    "ProxyWSGIServer",
     "Reason",
     "SSLClient",
     "SSLInfo",

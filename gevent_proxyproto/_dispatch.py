@@ -24,9 +24,9 @@ from gevent.server import StreamServer
 
 from ._config import ConfigError, DispatcherConfig, TLSConfig, resolve_handler
 from ._multiplex import Multiplexer, Route
-from ._server import ProxyStreamServer, _is_health_check
+from ._server import ProxyStreamServer
 from ._services import BUILTIN_HANDLERS, Handler, as_connection_handler
-from ._socket import ProxyPolicy, describe_peer
+from ._socket import ProxyPolicy, describe_peer, is_health_check
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -280,7 +280,7 @@ def _log_failures(handler: Handler, service: str, sock: Any, address: Any) -> An
     try:
         return handler(sock, address)
     except Exception as error:
-        if isinstance(error, OSError) and (hung_up or _is_health_check(getattr(sock, "proxy_header", None), real_peer)):
+        if isinstance(error, OSError) and (hung_up or is_health_check(getattr(sock, "proxy_header", None), real_peer)):
             raise  # ProxyStreamServer logs a health check that hangs up at DEBUG
         via = f" via {describe_peer(real_peer)}" if real_peer is not None and real_peer != address else ""
         log.exception("%s: handler failed on the connection from %s%s", service, describe_peer(address), via)

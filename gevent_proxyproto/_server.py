@@ -15,9 +15,9 @@ from typing import Any
 import gevent
 from gevent.server import StreamServer
 
-from ._errors import ProxyProtocolError, Reason
-from ._model import Command, ProxyHeader
-from ._socket import ProxyPolicy, ProxySocket, RefusalLog, describe_peer
+from ._errors import ProxyProtocolError
+from ._model import ProxyHeader
+from ._socket import ProxyPolicy, ProxySocket, RefusalLog, describe_peer, health_check_ended, is_health_check
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -58,19 +58,12 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         policy: ProxyPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        policy_fields = {name: kwargs.pop(name) for name in _POLICY_FIELDS if name in kwargs}
-        if policy is not None and policy_fields:
-            raise TypeError(f"give policy= or its fields, not both: {sorted(policy_fields)}")
-        #: How this server treats its connections.
-        self.policy = policy if policy is not None else ProxyPolicy(**policy_fields)
-        #: Connections refused before the handler, by :class:`Reason`.
-        self.failures: Counter[Reason] = Counter()
-        #: Connections whose TLS handshake (after a valid header) failed.
-        self.tls_failures = 0
-        self._where = "?"
-        self._refusals = RefusalLog("PROXY header refused")
-        self._tls_refusals = RefusalLog("TLS handshake failed")
+        init_proxy_state(self, policy, kwargs)
         super().__init__(listener, handle=handle, backlog=backlog, spawn=spawn, **kwargs)
+
+    # Set by init_proxy_state.
+    _refusals: RefusalLog
+    _tls_refusals: RefusalLog
 
     @property
     def warning_interval(self) -> float:
@@ -93,6 +86,28 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
 # and the StreamServers that gevent_proxyproto.monkey turns into PROXY servers.
 # `server` is a StreamServer with the attributes ProxyStreamServer defines:
 # policy, failures, tls_failures, _where, _refusals, _tls_refusals.
+
+
+def init_proxy_state(server: Any, policy: ProxyPolicy | None, kwargs: dict[str, Any]) -> None:
+    """Give ``server`` the attributes a PROXY server has, its policy taken from ``policy`` or ``kwargs``.
+
+    The policy fields are popped from ``kwargs``; the rest is for the server class.
+
+    Raises:
+        TypeError: both ``policy`` and some of its fields were given.
+    """
+    policy_fields = {name: kwargs.pop(name) for name in _POLICY_FIELDS if name in kwargs}
+    if policy is not None and policy_fields:
+        raise TypeError(f"give policy= or its fields, not both: {sorted(policy_fields)}")
+    #: How this server treats its connections.
+    server.policy = policy if policy is not None else ProxyPolicy(**policy_fields)
+    #: Connections refused before the handler, by :class:`Reason`.
+    server.failures = Counter()
+    #: Connections whose TLS handshake (after a valid header) failed.
+    server.tls_failures = 0
+    server._where = "?"
+    server._refusals = RefusalLog("PROXY header refused")
+    server._tls_refusals = RefusalLog("TLS handshake failed")
 
 
 def read_headers_first(server: Any) -> None:
@@ -140,6 +155,8 @@ def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> A
         server.failures[error.reason] += 1
         server._refusals.refused(error.reason.value, error.message, real_peer)
         return None  # the server's do_close closes the socket
+    if health_check_ended(client, header, real_peer, server._where):
+        return None  # the server's do_close closes the socket
     # The accepted address, not a new getpeername(): a health check may
     # already have reset the connection.
     address = client.getpeername() if header is not None and header.source is not None else real_peer
@@ -150,16 +167,6 @@ def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> A
         return None
     with tls:
         return _call_handler(server, tls, address, header, real_peer)
-
-
-def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
-    # LOCAL, or a v1 line naming the proxy's own socket (HAProxy's
-    # check-send-proxy): no client connection would.
-    if header is None:
-        return False
-    if header.command == Command.LOCAL:
-        return True
-    return isinstance(header.source, tuple) and isinstance(real_peer, tuple) and header.source == real_peer[:2]
 
 
 def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
@@ -187,7 +194,7 @@ def _call_handler(server: Any, sock: Any, address: Any, header: ProxyHeader | No
     except OSError as error:
         # A proxy's health check hangs up or resets once it has its
         # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
-        if _is_health_check(header, real_peer):  # only worth working out here
+        if is_health_check(header, real_peer):  # only worth working out here
             log.debug("health check from %s on %s ended: %s", describe_peer(address), server._where, error)
             return None
         raise

@@ -463,6 +463,51 @@ class RefusalLog:
 _QUIET_REASONS = frozenset((Reason.EMPTY.value, Reason.ABORT.value))
 
 
+def is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
+    """LOCAL, or a v1 line naming the proxy's own socket (HAProxy's check-send-proxy): no client would."""
+    if header is None:
+        return False
+    if header.command == Command.LOCAL:
+        return True
+    return isinstance(header.source, tuple) and isinstance(real_peer, tuple) and header.source == real_peer[:2]
+
+
+#: Seconds a health check's connection is watched, after its header, for the
+#: reset that ends it before it reaches the handler. The reset follows the
+#: header at once; an HTTP check's request does too, so neither waits. Short:
+#: a check of a server-first protocol waits this long for its greeting.
+HEALTH_CHECK_WATCH = 0.05
+
+
+def health_check_ended(conn: ProxySocket, header: ProxyHeader | None, real_peer: Any, where: str) -> bool:
+    """Whether ``conn`` is a health check whose peer closed or reset right after its header.
+
+    Such a connection is to be dropped (this logs its one debug line):
+    handing it to an application would end in a write to a reset socket,
+    and often a traceback.
+    """
+    if not is_health_check(header, real_peer):
+        return False
+    try:
+        gevent.socket.wait_read(conn.fileno(), timeout=HEALTH_CHECK_WATCH, timeout_exc=TimeoutError)
+    except TimeoutError:
+        return False  # open and silent: a check that waits for the server to speak first
+    if not _hung_up(conn):
+        return False
+    log.debug("health check from %s on %s ended after its header", describe_peer(real_peer), where)
+    return True
+
+
+def _hung_up(conn: ProxySocket) -> bool:
+    """Whether the peer has already closed or reset: a look at the kernel socket that never waits."""
+    try:
+        return not conn._sock.recv(1, _MSG_PEEK)
+    except BlockingIOError:
+        return False  # open, nothing sent yet: an HTTP check's request may follow
+    except OSError:
+        return True  # ECONNRESET
+
+
 class _Acceptor:
     """The accept loop behind a listening ProxySocket.
 
@@ -574,7 +619,13 @@ class _Acceptor:
             conn.close()  # killed by stop(), or a bug: never leak the fd
             self.slots.release()
             raise
-        self.ready.put((conn, conn.getpeername()))
+        if health_check_ended(conn, conn.proxy_header, real_peer, self.refusals.where):
+            conn.close()  # no handler to run
+            self.slots.release()
+            return
+        # The accepted address when the header names none (LOCAL, UNSPEC,
+        # direct): a getpeername() now fails on a connection reset meanwhile.
+        self.ready.put((conn, conn._peer if conn._peer is not None else real_peer))
 
     def stop(self) -> None:
         self.loop.kill(block=False)

@@ -9,9 +9,13 @@ address. Imported lazily: ``gevent.ssl`` imports ``ssl``, which must come
 after ``gevent.monkey.patch_all()``.
 """
 
+import logging
+import socket
 from typing import Any
 
 import gevent.ssl
+
+_log = logging.getLogger("gevent_proxyproto")
 
 #: True once gevent's SSLContext builds ProxySSLSocket.
 installed = False
@@ -24,6 +28,13 @@ class ProxySSLSocket(gevent.ssl.SSLSocket):  # type: ignore[misc]
     """
 
     def __init__(self, sock: Any = None, *args: Any, **kwargs: Any) -> None:
+        if getattr(sock, "_policy", None) is not None and _is_listening(sock):
+            # Its TLS handshakes would take each PROXY header for a ClientHello.
+            _log.warning(
+                "PROXY listener on %s wrapped in TLS: its connections are not read as PROXY any more; "
+                "wrap each accepted connection instead, or give the gevent server an ssl_context",
+                sock.getsockname(),
+            )
         # Duck-typed: a ProxySocket (or a TLS socket over one) hands over
         # what its header said before gevent detaches it.
         header = getattr(sock, "proxy_header", None)
@@ -47,6 +58,13 @@ class ProxySSLSocket(gevent.ssl.SSLSocket):  # type: ignore[misc]
 
     def real_sockname(self) -> Any:
         return self._sock.getsockname()
+
+
+def _is_listening(sock: Any) -> bool:
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
 
 
 def install() -> None:

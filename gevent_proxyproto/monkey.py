@@ -19,6 +19,10 @@ address; every other socket is left as it was. No other change to the program:
   header has been read, not when its file descriptor is.
 
 Sockets that were already listening before :func:`patch` stay plain.
+Under the runner, gunicorn's gevent workers (``-k gevent``, ``-k gevent_pywsgi``)
+work; its other workers wait on the listening socket themselves, so the runner
+refuses them at start, naming ``gevent_proxyproto.gunicorn.GeventWorker`` (which
+needs no runner).
 Run an unmodified program with::
 
     python -m gevent_proxyproto.monkey --proxy-ports 8080 script.py [args...]
@@ -120,6 +124,9 @@ def patch(
     _patch_item(socket, "socket", _socket_class)
     _patch_item(socketserver, "_ServerSelector", _selector_class)
     _patch_item(gevent.server.StreamServer, "init_socket", _init_stream_server_socket, owner=_STREAM_SERVER)
+    from . import _tls_hook  # ssl: patch_all() has run
+
+    _tls_hook.install()  # a listener wrapped in TLS gets its warning
 
 
 def unpatch() -> None:
@@ -214,6 +221,11 @@ def _init_stream_server_socket(server: Any) -> None:
     server.__dict__.setdefault("tls_failures", 0)
     server.do_read = partial(accept_connection, server)
     read_headers_first(server)
+    pywsgi = sys.modules.get("gevent.pywsgi")
+    if pywsgi is not None and isinstance(server, pywsgi.WSGIServer):
+        from ._wsgi import with_proxy_environ  # the PROXY keys in the environ
+
+        server.handler_class = with_proxy_environ(server.handler_class)
 
 
 # -- socket.socket, for socketserver, http.server, wsgiref and accept loops ----
@@ -224,7 +236,7 @@ def _build_socket_class() -> Any:
 
     import gevent.socket
 
-    from ._socket import ProxySocket, describe_peer, log
+    from ._socket import ProxySocket
 
     gevent_socket = gevent.socket.socket
 
@@ -261,13 +273,10 @@ def _build_socket_class() -> Any:
             return self._policy  # None: plain
 
         def detach(self) -> Any:
+            # gunicorn's gevent worker detaches its listeners to rebuild them
+            # as gevent sockets (whose server is patched by its port); TLS
+            # wraps by detaching too, and ProxySSLSocket warns about that.
             if self._policy is not None:
-                # ssl wraps a socket by detaching it: a TLS listener would
-                # take the header for a ClientHello.
-                log.warning(
-                    "PROXY listener on %s detached (wrapped in TLS?): its connections are not read as PROXY any more",
-                    describe_peer(self.getsockname()),
-                )
                 self._forget()
             return super().detach()
 
@@ -433,10 +442,42 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
     gevent.spawn_later(PORT_CHECK_DELAY, _check_proxy_ports, ports)
 
     sys.argv[:] = [options.program, *options.args]
+    if _is_gunicorn(options.program, options.module):
+        _refuse_unsupported_gunicorn_worker()
     if options.module:
         return runpy.run_module(options.program, run_name="__main__", alter_sys=True)
     sys.path[0] = os.path.dirname(os.path.abspath(options.program))  # as `python script.py` does
     return runpy.run_path(options.program, run_name="__main__")
+
+
+def _is_gunicorn(program: str, module: bool) -> bool:
+    import os
+
+    if module:
+        return program.split(".")[0] == "gunicorn"
+    return os.path.basename(program) == "gunicorn"
+
+
+def _refuse_unsupported_gunicorn_worker() -> None:
+    """Exit at start, naming the worker to use, when gunicorn's worker class cannot work under the runner.
+
+    gunicorn's gevent workers start gevent servers, which the runner patches by
+    port. Its other workers wait on the listening socket themselves (select,
+    threads, asyncio), but the PROXY acceptor takes connections off it as
+    they arrive: every request would hang.
+    """
+    # gunicorn's own command line and config file, as the run will read them (sys.argv is set).
+    from gunicorn.app.wsgiapp import WSGIApplication
+    from gunicorn.workers.ggevent import GeventWorker
+
+    config = WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").cfg
+    if not issubclass(config.worker_class, GeventWorker):
+        sys.stderr.write(
+            f"gevent_proxyproto.monkey: gunicorn's worker class {config.worker_class_str!r} cannot serve a PROXY "
+            "port under the runner (it waits on the listening socket itself). Use "
+            "-k gevent_proxyproto.gunicorn.GeventWorker without the runner (or -k gevent under it).\n"
+        )
+        raise SystemExit(2)
 
 
 __all__ = ["get_original", "is_object_patched", "is_patched", "patch", "saved", "unpatch"]

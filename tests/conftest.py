@@ -41,8 +41,11 @@ def family(name: str) -> socket.AddressFamily:
 
 
 @pytest.fixture(autouse=True)
-def gevent_timeout_guard() -> Any:
-    """Every test runs under a gevent.Timeout: a hang fails instead of stalling the suite."""
+def gevent_timeout_guard(request: pytest.FixtureRequest) -> Any:
+    """Every test runs under a gevent.Timeout: a hang fails instead of stalling the suite.
+
+    20 s, or what a ``@pytest.mark.guard(seconds)`` marker says.
+    """
     import sys
 
     if "gevent" not in sys.modules:  # pure core tests stay gevent-free
@@ -50,7 +53,9 @@ def gevent_timeout_guard() -> Any:
         return
     import gevent
 
-    guard = gevent.Timeout.start_new(20, AssertionError("test took over 20 s (gevent.Timeout guard)"))
+    marker = request.node.get_closest_marker("guard")
+    seconds = marker.args[0] if marker is not None else 20
+    guard = gevent.Timeout.start_new(seconds, AssertionError(f"test took over {seconds} s (gevent.Timeout guard)"))
     try:
         yield
     finally:

@@ -4,6 +4,7 @@ import logging
 import socket
 import ssl
 import time
+from unittest import mock
 
 import gevent
 import gevent.event
@@ -226,6 +227,10 @@ def test_mixed_mode_keys_on_the_source_address() -> None:
     assert recorder.seen[1]["header"] is None
 
 
+def _health_check_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("health check from")]
+
+
 def test_health_check_local_then_reset_is_quiet(
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -244,12 +249,74 @@ def test_health_check_local_then_reset_is_quiet(
             check.close()
         with connect(server) as empty:
             pass  # a plain TCP check: connect and close
-        wait_until(lambda: len(recorder.seen) == 6 and server.failures[gpp.Reason.EMPTY] == 1)
+        # One debug line per check: dropped after its header when the reset
+        # was there already, else from the handler that met it.
+        wait_until(lambda: len(_health_check_lines(caplog)) == 6 and server.failures[gpp.Reason.EMPTY] == 1)
         with connect(server, V2_TCP4) as client:  # still serving
             assert read_line(client).startswith(b"('203.0.113.7'")
         del empty
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert "Traceback" not in capfd.readouterr().err  # gevent prints a failed handler's traceback there
+
+
+def _reset_now(client: gevent.socket.socket, conn: gpp.ProxySocket) -> None:
+    """Reset ``client`` and wait until ``conn``'s kernel socket has seen it."""
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    client.close()
+
+    def reset_seen() -> bool:
+        try:
+            return conn._sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    wait_until(reset_seen)
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        (bytes.fromhex("0d0a0d0a000d0a515549540a20000000"), False),  # LOCAL: a health check, dropped
+        (V2_TCP4, True),  # a client's connection: handed over, its address from the header
+    ],
+    ids=["LOCAL", "PROXY"],
+)
+def test_listener_accept_survives_a_reset_between_the_header_and_the_hand_over(
+    header: bytes, accepted: bool, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The reset is injected right after the header is read, before accept()
+    # hands the connection over (a getpeername() there raised ENOTCONN).
+    caplog.set_level(logging.DEBUG, logger="gevent_proxyproto")
+    real_read_header = gpp._socket.read_header
+    clients: list[gevent.socket.socket] = []
+
+    def read_then_reset(sock: gpp.ProxySocket, *args: object) -> gpp.ProxyHeader:
+        parsed = real_read_header(sock, *args)
+        _reset_now(clients[0], sock)
+        return parsed
+
+    with gpp.ProxySocket() as listener, mock.patch.object(gpp._socket, "read_header", side_effect=read_then_reset):
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        clients.append(gevent.socket.create_connection(listener.getsockname()))
+        clients[0].sendall(header)
+        if accepted:
+            conn, address = listener.accept()
+            with conn:
+                assert address == ("203.0.113.7", 4242) == conn.getpeername()
+        else:
+            listener.settimeout(0.0)
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # starts the accept loop
+            wait_until(lambda: bool(_health_check_lines(caplog)))
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # nothing was handed over
+            (line,) = _health_check_lines(caplog)  # one debug line, nothing louder
+            assert line.endswith(f"on {gpp._socket.describe_peer(listener.getsockname())} ended after its header")
+            assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_many_bad_connections_leave_no_fd_or_greenlet_behind() -> None:

@@ -277,3 +277,22 @@ def test_udp_echo_example() -> None:
     finally:
         process.terminate()
         process.wait(timeout=5)
+
+
+def test_local_health_checks_from_senders_gone_at_once_are_quiet(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A load balancer's UDP check: a LOCAL datagram from a socket closed right after it, so the
+    # answer meets a closed port (ICMP port unreachable). The server keeps serving, silently.
+    caplog.set_level(logging.DEBUG, logger="gevent_proxyproto")
+    with udp_serving() as (server, recorder):
+        for _ in range(5):
+            with udp_socket() as check:
+                check.sendto(gpp.format_datagram(b"check", None, None), server.address)
+                checked_from = check.getsockname()
+            assert recorder.next() == (b"check", checked_from)  # a health check: the real sender
+        with udp_socket() as client:
+            client.sendto(gpp.format_datagram(b"hello", CLIENT, SERVICE), server.address)
+            assert recorder.next() == (b"hello", CLIENT)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "Traceback" not in capfd.readouterr().err
