@@ -34,12 +34,13 @@ _TOP_LEVEL_KEYS = {
     "max_header_size",
     "allow_v4_in_tcp6",
     "grace_period",
+    "max_connections",
     "proxy_ports",
     "proxy_port_mappings",
     "services",
     "tls",
 }
-_SERVICE_KEYS = {"handler", "ports"}
+_SERVICE_KEYS = {"handler", "ports", "idle_timeout"}
 _TLS_KEYS = {"certfile", "keyfile", "cafile", "verify_client"}
 
 
@@ -56,6 +57,9 @@ class ServiceConfig:
     handler: Any
     #: Ports without a PROXY header.
     ports: tuple[int, ...] = ()
+    #: Seconds a connection may wait on one read or write before it is
+    #: closed (as nginx's ``proxy_timeout``); None: no limit.
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class DispatcherConfig:
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     allow_v4_in_tcp6: bool = False
     grace_period: float = DEFAULT_GRACE_PERIOD
+    #: Open connections per process beyond which new ones are closed at once; None: no cap.
+    max_connections: int | None = None
     proxy_ports: tuple[int, ...] = ()
     proxy_port_mappings: Mapping[int, str] = field(default_factory=dict)
     services: Mapping[str, ServiceConfig] = field(default_factory=dict)
@@ -127,7 +133,9 @@ def config_from_mapping(data: Mapping[str, Any]) -> DispatcherConfig:
             raise ConfigError(f"services.{name}: unknown key(s) {', '.join(sorted(unknown))}")
         if "handler" not in table:
             raise ConfigError(f'services.{name}.handler is missing ("module:callable")')
-        services[name] = ServiceConfig(name, table["handler"], _ports(table.get("ports", []), f"services.{name}.ports"))
+        services[name] = ServiceConfig(
+            name, table["handler"], _ports(table.get("ports", []), f"services.{name}.ports"), table.get("idle_timeout")
+        )
     tls = {}
     for key, table in _table(data, "tls").items():
         port = _port(key, f"tls.{key}")
@@ -160,6 +168,12 @@ def validate(config: DispatcherConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+    for service in config.services.values():
+        if service.idle_timeout is not None:
+            _check_seconds(service.idle_timeout, f"services.{service.name}.idle_timeout")
+    limit = config.max_connections
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"max_connections must be a whole number of connections (at least 1), not {limit!r}")
     if config.untrusted not in (UNTRUSTED_REJECT, UNTRUSTED_DIRECT):
         raise ConfigError(f'untrusted must be "reject" or "direct", not {config.untrusted!r}')
     try:
@@ -210,6 +224,11 @@ def resolve_handler(spec: Any, where: str) -> Callable[..., Any]:
     if not callable(handler):
         raise ConfigError(f"{where}: {spec!r} is not callable")
     return handler  # type: ignore[no-any-return]
+
+
+def _check_seconds(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigError(f"{where} must be a positive number of seconds, not {value!r}")
 
 
 def _claim(seen: dict[int, str], port: int, where: str) -> None:
