@@ -146,6 +146,7 @@ def serve_in_process(config: DispatcherConfig, load: ConfigLoader) -> int:
             if number != signal.SIGHUP:
                 log.info("%s: no longer accepting; open connections have %.1f s", signal.Signals(number).name,
                          current.config.grace_period)  # fmt: skip
+                listeners.close_all()  # the ports stop listening now, not after the drain
                 current.stop()
                 gevent.joinall(draining)
                 return 0
@@ -395,6 +396,7 @@ class Supervisor:
         if self._stopping:
             return
         self._stopping = True
+        self.listeners.close_all()  # the ports stop listening once the workers stop accepting
         log.info("%s: stopping %d worker(s); open connections have %.1f s", signal.Signals(number).name,
                  len(self.workers), self.config.grace_period)  # fmt: skip
         for worker in self.workers.values():

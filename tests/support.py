@@ -224,6 +224,9 @@ class CommandLine:
         wait_until(found, timeout)
         return self.matches(pattern, stream)
 
+    def send_signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
     def wait(self, timeout: float = 10.0) -> int:
         """The exit status, once the child has exited and its output is all read."""
         code = self.process.wait(timeout=timeout)

@@ -103,7 +103,7 @@ def test_a_killed_worker_is_replaced_with_a_log_line(config_file: Any, serve: An
     assert alive(replacement) and alive(second) and not alive(first)
     for _ in range(10):
         assert whoami(port)["peer"] == ["203.0.113.7", 4242]
-    child.process.send_signal(signal.SIGTERM)
+    child.send_signal(signal.SIGTERM)
     assert child.wait() == 0
     assert not alive(second) and not alive(replacement)
 
@@ -135,7 +135,7 @@ def test_workers_stop_when_the_supervisor_is_killed(config_file: Any, serve: Any
     assert len(child.matches(r"worker \d+: the supervisor \(process \d+\) is gone")) == 2
     again = serve()  # the port is free for the next serve
     assert whoami(port)["peer"] == ["203.0.113.7", 4242]
-    again.process.send_signal(signal.SIGTERM)
+    again.send_signal(signal.SIGTERM)
     assert again.wait() == 0
 
 
@@ -167,7 +167,7 @@ def test_sighup_reloads_the_configuration_and_drains_the_old(config_file: Any, s
     prober = gevent.spawn(_keep_connecting, kept, outcomes)
     try:
         wait_until(lambda: len(outcomes) >= 3)
-        child.process.send_signal(signal.SIGHUP)
+        child.send_signal(signal.SIGHUP)
         child.wait_for(READY, count=2)
         probed = len(outcomes)
         wait_until(lambda: len(outcomes) >= probed + 3)
@@ -184,7 +184,7 @@ def test_sighup_reloads_the_configuration_and_drains_the_old(config_file: Any, s
     if workers > 1:
         for pid in old_workers:
             child.wait_for(rf"worker {pid} \(configuration 0\) exited with status 0")
-    child.process.send_signal(signal.SIGTERM)
+    child.send_signal(signal.SIGTERM)
     assert child.wait() == 0
     assert "Traceback" not in child.log
 
@@ -207,12 +207,12 @@ def test_an_invalid_configuration_on_sighup_keeps_the_old_one_serving(
         taken.listen()
         for count, (reason, text) in enumerate(reloads.items(), 1):
             config_file.write_text(textwrap.dedent(text))
-            child.process.send_signal(signal.SIGHUP)
+            child.send_signal(signal.SIGHUP)
             [*_, error] = child.wait_for(r"ERROR .*SIGHUP: the configuration was not reloaded", count=count)
             assert reason in error.string
             assert whoami(port)["service"] == "whoami"  # the old configuration
     assert len(child.matches(r"worker \d+ started")) == started  # nothing was restarted
     assert len(child.matches(READY)) == 1
-    child.process.send_signal(signal.SIGTERM)
+    child.send_signal(signal.SIGTERM)
     assert child.wait() == 0
     assert "Traceback" not in child.log
