@@ -116,6 +116,9 @@ def accept_connection(server: Any) -> tuple[ProxySocket, Any] | None:
 
 
 def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> Any:
+    # Taken before the handshake waits: gevent's close() removes server.handle,
+    # and a graceful stop lets every accepted connection finish, mid-header too.
+    handle = server.handle
     policy = server.policy
     deadline = time.monotonic() + policy.header_timeout
     try:
@@ -128,12 +131,12 @@ def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> A
     # already have reset the connection.
     address = client.getpeername() if header is not None and header.source is not None else real_peer
     if server.ssl_args is None:
-        return _call_handler(server, client, address, header, real_peer)
+        return _call_handler(server, handle, client, address, header, real_peer)
     tls = _tls_handshake(server, client, real_peer, deadline)
     if tls is None:
         return None
     with tls:
-        return _call_handler(server, tls, address, header, real_peer)
+        return _call_handler(server, handle, tls, address, header, real_peer)
 
 
 def _is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
@@ -159,9 +162,9 @@ def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: f
     return tls
 
 
-def _call_handler(server: Any, sock: Any, address: Any, header: ProxyHeader | None, real_peer: Any) -> Any:
+def _call_handler(server: Any, handle: Any, sock: Any, address: Any, header: ProxyHeader | None, real_peer: Any) -> Any:
     try:
-        return server.handle(sock, address)
+        return handle(sock, address)
     except OSError as error:
         # A proxy's health check hangs up or resets once it has its
         # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.

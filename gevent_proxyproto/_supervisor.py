@@ -339,7 +339,8 @@ class Supervisor:
             return
         how = _describe_exit(code)
         if self._stopping:
-            self._failed_exits += code != 0
+            if code != 0:
+                self._failed_exits += 1
             log.info("worker %d %s", pid, how)
         elif worker.retiring or worker.generation < self.generation:
             log.info("worker %d (configuration %d) %s", pid, worker.generation, how)

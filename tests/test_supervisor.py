@@ -12,6 +12,8 @@ import gevent
 import gevent.socket
 import pytest
 
+from gevent_proxyproto._config import DispatcherConfig
+from gevent_proxyproto._dispatch import Dispatcher
 from gevent_proxyproto._supervisor import FIRST_RESTART_DELAY, MAX_RESTART_DELAY, restart_delay
 
 from .support import V1_TCP4, CommandLine, is_listening, read_all, read_line, wait_until
@@ -139,6 +141,11 @@ def test_workers_stop_when_the_supervisor_is_killed(config_file: Any, serve: Any
     assert again.wait() == 0
 
 
+def _workers_option(workers: int) -> list[str]:
+    """No --workers for 0: serve in the process."""
+    return ["--workers", str(workers)] if workers else []
+
+
 def _keep_connecting(port: int, outcomes: list[str]) -> None:
     """Connect again and again (until killed), noting each "answered" (by either service) or what went wrong."""
     while True:
@@ -147,16 +154,17 @@ def _keep_connecting(port: int, outcomes: list[str]) -> None:
                 client.sendall(V1_TCP4 + b"ping\n")
                 client.shutdown(socket.SHUT_WR)
                 # Read to the end: closing with unread data would reset the connection.
-                outcomes.append("answered" if read_all(client).endswith(b"ping\n") else "no answer")
+                received = read_all(client)
+                outcomes.append("answered" if received.endswith(b"ping\n") else f"answered {received!r}")
         except OSError as error:
             outcomes.append(repr(error))
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+@pytest.mark.parametrize("workers", [0, 1, 2], ids=["in-process", "one-worker", "two-workers"])
 def test_sighup_reloads_the_configuration_and_drains_the_old(config_file: Any, serve: Any, workers: int) -> None:
     kept, added, removed = free_ports(3)
     config_file.write_text(mapping(whoami=kept, echo=removed))
-    child = serve("--workers", str(workers))
+    child = serve(*_workers_option(workers))
     old_workers = worker_pids(child)
     in_flight = gevent.socket.create_connection(("127.0.0.1", kept), timeout=5)
     in_flight.sendall(V1_TCP4)
@@ -173,7 +181,10 @@ def test_sighup_reloads_the_configuration_and_drains_the_old(config_file: Any, s
         wait_until(lambda: len(outcomes) >= probed + 3)
     finally:
         prober.kill()
-    assert set(outcomes) == {"answered"}, outcomes  # never refused, never reset, while the generations changed
+    assert set(outcomes) == {"answered"}, (
+        outcomes,
+        child.log,
+    )  # never refused, never reset, while the generations changed
     assert echoes(kept)  # the new mapping
     assert whoami(added)["port"] == added  # a new port, bound by the reload
     # The connection accepted under the old configuration is still served by it.
@@ -181,7 +192,7 @@ def test_sighup_reloads_the_configuration_and_drains_the_old(config_file: Any, s
     assert read_line(in_flight) == b"still here\n"
     in_flight.close()
     wait_until(lambda: not is_listening(removed))  # once the old ones stopped accepting
-    if workers > 1:
+    if workers:
         for pid in old_workers:
             child.wait_for(rf"worker {pid} \(configuration 0\) exited with status 0")
     child.send_signal(signal.SIGTERM)
@@ -189,13 +200,13 @@ def test_sighup_reloads_the_configuration_and_drains_the_old(config_file: Any, s
     assert "Traceback" not in child.log
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "two-workers"])
 def test_an_invalid_configuration_on_sighup_keeps_the_old_one_serving(
     config_file: Any, serve: Any, workers: int
 ) -> None:
     port, taken_port = free_ports(2)
     config_file.write_text(mapping(whoami=port))
-    child = serve("--workers", str(workers))
+    child = serve(*_workers_option(workers))
     started = len(child.matches(r"worker \d+ started"))
     reloads = {
         "unknown key": "this_is_not_a_key = 1\n" + mapping(echo=port),
@@ -216,3 +227,19 @@ def test_an_invalid_configuration_on_sighup_keeps_the_old_one_serving(
     child.send_signal(signal.SIGTERM)
     assert child.wait() == 0
     assert "Traceback" not in child.log
+
+
+def test_a_connection_still_in_its_header_when_the_drain_starts_is_served() -> None:
+    # gevent's close() drops server.handle: the handler must be taken when the connection starts.
+    (port,) = free_ports(1)
+    dispatcher = Dispatcher(DispatcherConfig(proxy_ports=(port,), proxy_port_mappings={port: "echo"}))
+    dispatcher.start()
+    with gevent.socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(V1_TCP4[:10])
+        wait_until(lambda: len(dispatcher.connections) == 1)  # accepted, reading its header
+        stopping = gevent.spawn(dispatcher.stop, 5)
+        wait_until(lambda: not is_listening(port))
+        client.sendall(V1_TCP4[10:] + b"after the stop\n")
+        assert read_line(client) == b"after the stop\n"
+    stopping.join(timeout=5)
+    assert stopping.successful()
