@@ -99,7 +99,10 @@ def read_headers_first(server: Any) -> None:
 
         if server.wrap_socket is gevent.ssl.wrap_socket:  # ssl arguments, not an ssl_context
             server.wrap_socket = _wrap_with_ssl_args
-    server._handle = functools.partial(_handshake_and_handle, server)
+    # The handler is bound now, as gevent binds its own here: close() removes
+    # server.handle, and a graceful stop lets every accepted connection finish,
+    # even one whose greenlet has not started yet.
+    server._handle = functools.partial(_handshake_and_handle, server, server.handle)
     server._where = describe_peer(server.address)
 
 
@@ -115,10 +118,7 @@ def accept_connection(server: Any) -> tuple[ProxySocket, Any] | None:
     return ProxySocket(listener.family, listener.type, listener.proto, fileno=fd), address
 
 
-def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> Any:
-    # Taken before the handshake waits: gevent's close() removes server.handle,
-    # and a graceful stop lets every accepted connection finish, mid-header too.
-    handle = server.handle
+def _handshake_and_handle(server: Any, handle: Any, client: ProxySocket, real_peer: Any) -> Any:
     policy = server.policy
     deadline = time.monotonic() + policy.header_timeout
     try:

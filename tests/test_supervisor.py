@@ -7,6 +7,7 @@ import socket
 import textwrap
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import gevent
 import gevent.socket
@@ -243,3 +244,26 @@ def test_a_connection_still_in_its_header_when_the_drain_starts_is_served() -> N
         assert read_line(client) == b"after the stop\n"
     stopping.join(timeout=5)
     assert stopping.successful()
+
+
+def test_a_connection_accepted_as_the_drain_starts_is_served() -> None:
+    # The window between accept and the connection's greenlet starting is too
+    # short to hit on time: do to the server what close() does (it removes
+    # server.handle) right after the connection is spawned.
+    (port,) = free_ports(1)
+    dispatcher = Dispatcher(DispatcherConfig(proxy_ports=(port,), proxy_port_mappings={port: "echo"}))
+    spawn = dispatcher._spawn_connection
+
+    def spawn_then_lose_the_handle(*arguments: Any) -> Any:
+        greenlet = spawn(*arguments)
+        dispatcher.servers[port].__dict__.pop("handle")
+        return greenlet
+
+    with mock.patch.object(dispatcher, "_spawn_connection", spawn_then_lose_the_handle):
+        dispatcher.start()
+    try:
+        with gevent.socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(V1_TCP4 + b"served\n")
+            assert read_line(client) == b"served\n"
+    finally:
+        dispatcher.stop(grace_period=1)
