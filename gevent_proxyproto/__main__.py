@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the multi-port dispatcher")
     serve.add_argument("--config", metavar="FILE", help="a TOML configuration (default: a loopback demo)")
     serve.add_argument("--log-level", default="INFO", type=str.upper, help="DEBUG, INFO, WARNING... (default INFO)")
-    serve.add_argument("--workers", type=int, default=1, metavar="N", help="processes sharing the ports (default 1)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="supervised processes sharing the ports (default: serve in this process)")  # fmt: skip
     check = commands.add_parser("check", help="validate a configuration file without starting anything")
     check.add_argument("config_file", nargs="?", metavar="FILE")
     check.add_argument("--config", metavar="FILE")
@@ -97,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="add a TLV (v2): TYPE decimal or 0xNN, the value in hex; repeatable, sent in order")  # fmt: skip
     forward.add_argument("--connect-timeout", type=_seconds, default=5.0, metavar="SECONDS",
                          help="to connect to the upstream (default 5)")  # fmt: skip
+    forward.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
+                         help="close a connection after this long with no byte either way (default: never)")  # fmt: skip
     forward.add_argument("--grace-period", type=_seconds, default=10.0, metavar="SECONDS",
                          help="open connections get this long after SIGTERM/SIGINT (default 10)")  # fmt: skip
     forward.add_argument(
@@ -220,12 +223,13 @@ def _check(path: str | None) -> int:
     return 0
 
 
-def _serve(path: str | None, workers: int) -> int:
+def _serve(path: str | None, workers: int | None) -> int:
     from ._config import ConfigError
-    from ._dispatch import Dispatcher, StartupError, run_workers
+    from ._dispatch import Dispatcher, StartupError
+    from ._supervisor import Supervisor, serve_in_process
     from ._trust import warn_if_trusting_everyone
 
-    if workers < 1:
+    if workers is not None and workers < 1:
         print("gevent-proxyproto: error: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
     try:
@@ -236,10 +240,10 @@ def _serve(path: str | None, workers: int) -> int:
         print("\n".join(dispatcher.describe()), flush=True)
         if path is None:
             print(_demo_instructions(), flush=True)
-        if workers == 1:
-            dispatcher.serve_forever()
-            return 0
-        return run_workers(config, workers)
+        # SIGHUP reads the same file again (or takes the demo again).
+        if workers is None:
+            return serve_in_process(config, lambda: _load(path))
+        return Supervisor(config, lambda: _load(path), workers).run()
     except (ConfigError, StartupError) as error:
         print(f"gevent-proxyproto: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -257,6 +261,7 @@ def _forward(args: argparse.Namespace) -> int:
             tlvs=args.tlv,
             crc32c=args.crc32c,
             connect_timeout=args.connect_timeout,
+            idle_timeout=args.idle_timeout,
         )
     except ValueError as error:  # e.g. TLVs over the 65535 bytes a v2 header holds
         print(f"gevent-proxyproto: error: {error}", file=sys.stderr)
@@ -268,9 +273,12 @@ def _forward(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return EXIT_CONFIG
     options = (["crc32c"] if args.crc32c else []) + [f"TLV 0x{tlv_type:02x}" for tlv_type, _ in args.tlv]
-    print(f"forwarding {describe_peer(relay.address)} -> {describe_peer(args.upstream)} "
-          f"with PROXY {', '.join([args.proxy_protocol, *options])}", flush=True)  # fmt: skip
-    relay.serve_until_signal(args.grace_period)
+
+    def say_ready() -> None:  # once the signals are handled too: a script may send one at once
+        print(f"forwarding {describe_peer(relay.address)} -> {describe_peer(args.upstream)} "
+              f"with PROXY {', '.join([args.proxy_protocol, *options])}", flush=True)  # fmt: skip
+
+    relay.serve_until_signal(args.grace_period, on_ready=say_ready)
     return 0
 
 

@@ -46,6 +46,7 @@ _TOP_LEVEL_KEYS = {
     "max_header_size",
     "allow_v4_in_tcp6",
     "grace_period",
+    "max_connections",
     "proxy_ports",
     "proxy_port_mappings",
     "services",
@@ -54,7 +55,7 @@ _TOP_LEVEL_KEYS = {
     "multiplex_timeout",
 }
 _MULTIPLEX_SERVICE_KEYS = {"multiplex_pattern", "multiplex_tls"}
-_SERVICE_KEYS = {"handler", "ports"} | _MULTIPLEX_SERVICE_KEYS
+_SERVICE_KEYS = {"handler", "ports", "idle_timeout"} | _MULTIPLEX_SERVICE_KEYS
 _TLS_KEYS = {"certfile", "keyfile", "cafile", "verify_client"}
 
 
@@ -77,6 +78,9 @@ class ServiceConfig:
     #: The ``multiplex`` service routes a TLS ClientHello here, after a TLS
     #: handshake with the multiplex port's TLS settings.
     multiplex_tls: bool = False
+    #: Seconds a connection may wait on one read or write before it is
+    #: closed (as nginx's ``proxy_timeout``); None: no limit.
+    idle_timeout: float | None = None
 
     def multiplex_match(self) -> "re.Pattern[bytes] | None":
         """What the ``multiplex`` service matches for this service: its pattern, a ClientHello, or None."""
@@ -107,6 +111,8 @@ class DispatcherConfig:
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     allow_v4_in_tcp6: bool = False
     grace_period: float = DEFAULT_GRACE_PERIOD
+    #: Open connections per process beyond which new ones are closed at once; None: no cap.
+    max_connections: int | None = None
     proxy_ports: tuple[int, ...] = ()
     proxy_port_mappings: Mapping[int, str] = field(default_factory=dict)
     services: Mapping[str, ServiceConfig] = field(default_factory=dict)
@@ -168,7 +174,11 @@ def config_from_mapping(data: Mapping[str, Any]) -> DispatcherConfig:
             )
         multiplex = {key: table[key] for key in _MULTIPLEX_SERVICE_KEYS if key in table}
         services[name] = ServiceConfig(
-            name, handler, _ports(table.get("ports", []), f"services.{name}.ports"), **multiplex
+            name,
+            handler,
+            _ports(table.get("ports", []), f"services.{name}.ports"),
+            idle_timeout=table.get("idle_timeout"),
+            **multiplex,
         )
     tls = {}
     for key, table in _port_keys(_table(data, "tls"), "tls").items():
@@ -200,6 +210,12 @@ def validate(config: DispatcherConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+    for service in config.services.values():
+        if service.idle_timeout is not None:
+            _check_seconds(service.idle_timeout, f"services.{service.name}.idle_timeout")
+    limit = config.max_connections
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"max_connections must be a whole number of connections (at least 1), not {limit!r}")
     if config.untrusted not in (UNTRUSTED_REJECT, UNTRUSTED_DIRECT):
         raise ConfigError(f'untrusted must be "reject" or "direct", not {config.untrusted!r}')
     try:
@@ -325,6 +341,11 @@ def _check_keys(table: Mapping[str, Any], known: set[str], where: str) -> None:
         named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
     prefix = f"{where}: " if where else ""
     raise ConfigError(f"{prefix}unknown key(s) {', '.join(named)}; known: {', '.join(sorted(known))}")
+
+
+def _check_seconds(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigError(f"{where} must be a positive number of seconds, not {value!r}")
 
 
 def _claim(seen: dict[int, str], port: int, where: str) -> None:

@@ -5,8 +5,10 @@ port has it, then the service's handler); plain ports run a gevent
 ``StreamServer``. All ports are bound before any serves: a port that cannot be
 bound stops the start-up with nothing half-started. On SIGTERM or SIGINT the
 dispatcher stops accepting, gives open connections ``grace_period`` seconds,
-and returns. With several workers, the ports are bound once and shared by
-forked processes.
+and returns. ``max_connections`` caps the open connections of a process: one
+more is closed at once, counted and logged (rate-limited). A service's
+``idle_timeout`` bounds each read and write of its handler. Workers and
+reloading (SIGHUP) are in ``_supervisor.py``.
 """
 
 import functools
@@ -14,11 +16,12 @@ import logging
 import os
 import signal
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.event
-import gevent.os
 import gevent.pool
 from gevent.server import StreamServer
 
@@ -32,6 +35,10 @@ log = logging.getLogger("gevent_proxyproto")
 
 #: Connections the kernel queues per port before the accept loop takes them.
 LISTEN_BACKLOG = 1024
+#: A connection refused over ``max_connections`` is logged at WARNING at most
+#: once in this many seconds (the first at once), the others at DEBUG; every
+#: one is counted in :attr:`Dispatcher.refused_connections`.
+REFUSAL_WARNING_INTERVAL = 60.0
 
 
 class StartupError(Exception):
@@ -111,6 +118,9 @@ class Dispatcher:
         self.servers: dict[int, StreamServer] = {}
         #: Every connection's greenlet, on every port: what shutdown waits for.
         self.connections = gevent.pool.Pool()
+        #: Connections closed at once because ``max_connections`` were open.
+        self.refused_connections = 0
+        self._refusals_warned: tuple[float, int] | None = None  # when, and the count then
         self._stopped = gevent.event.Event()
 
     @staticmethod
@@ -141,6 +151,9 @@ class Dispatcher:
     def _service_handler(self, name: str, address: tuple[str, int]) -> Handler:
         """Service ``name``'s handler as ``handler(sock, address)``, its exceptions logged under our logger."""
         handler = as_connection_handler(self.handlers[name], name, address)
+        service = self.config.services.get(name)
+        if service is not None and service.idle_timeout is not None:
+            handler = _with_idle_timeout(handler, service.idle_timeout, name)
         return functools.partial(_log_failures, handler, name)
 
     def _multiplexer(self, port: int) -> Multiplexer:
@@ -178,10 +191,10 @@ class Dispatcher:
                 ssl_args = {} if isinstance(handler, Multiplexer) else self._tls_args.get(port, {})
                 if port in config.proxy_ports:
                     server: StreamServer = ProxyStreamServer(
-                        listener, handler, spawn=self.connections, policy=self.policy, **ssl_args
+                        listener, handler, spawn=self._spawn_connection, policy=self.policy, **ssl_args
                     )
                 else:
-                    server = StreamServer(listener, handler, spawn=self.connections, **ssl_args)
+                    server = StreamServer(listener, handler, spawn=self._spawn_connection, **ssl_args)
                 server.start()
                 self.servers[port] = server
                 kind = "proxy" if port in config.proxy_ports else "plain"
@@ -192,6 +205,32 @@ class Dispatcher:
             for listener in listeners.values():
                 listener.close()
             raise
+
+    def _spawn_connection(self, function: Any, handle: Any, close: Any, arguments: tuple[Any, ...]) -> Any:
+        # Every port's spawn: gevent's BaseServer.do_handle calls it as
+        # spawn(function, handle, close, (sock, address)). A Pool of that size
+        # would instead stop accepting, leaving clients waiting in the backlog.
+        limit = self.config.max_connections
+        if limit is not None and len(self.connections) >= limit:
+            close(*arguments)
+            self._log_refusal(arguments[1], limit)
+            return None
+        return self.connections.spawn(function, handle, close, arguments)
+
+    def _log_refusal(self, address: Any, limit: int) -> None:
+        self.refused_connections += 1
+        # A flood must not flood the log: the shape of ProxyDatagramServer._drop.
+        now = time.monotonic()
+        last = self._refusals_warned
+        if last is None or now - last[0] >= REFUSAL_WARNING_INTERVAL:
+            unlogged = self.refused_connections - 1 - (last[1] if last is not None else 0)
+            self._refusals_warned = (now, self.refused_connections)
+            since = f"; {unlogged} more since the last warning" if unlogged else ""
+            log.warning("connection from %s refused: max_connections (%d) are open (every refusal is counted; "
+                        "at most one warning every %.0f s%s)", describe_peer(address), limit,
+                        REFUSAL_WARNING_INTERVAL, since)  # fmt: skip
+        else:
+            log.debug("connection from %s refused: max_connections (%d) are open", describe_peer(address), limit)
 
     @staticmethod
     def _ssl_args(port: int, tls: TLSConfig) -> dict[str, Any]:
@@ -225,13 +264,19 @@ class Dispatcher:
                     raise StartupError(f"tls.{port}.cafile: cannot load {tls.cafile!r}: {error}") from None
         return {"ssl_context": context}
 
-    def serve_forever(self) -> None:
-        """Start, then serve until SIGTERM or SIGINT (or :meth:`stop`), then shut down gracefully."""
+    def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Start, then serve until SIGTERM or SIGINT (or :meth:`stop`), then shut down gracefully.
+
+        Args:
+            on_ready: called once every port listens and the signals are handled.
+        """
         self.start()
         handlers = [
             gevent.signal_handler(number, self._on_signal, number) for number in (signal.SIGTERM, signal.SIGINT)
         ]
         try:
+            if on_ready is not None:
+                on_ready()
             self._stopped.wait()
         finally:
             for handler in handlers:
@@ -293,54 +338,15 @@ def _close_unmapped(sock: Any, address: Any) -> None:
              describe_peer(getattr(sock, "real_sockname", sock.getsockname)()))  # fmt: skip
 
 
-def run_workers(config: DispatcherConfig, workers: int) -> int:
-    """Serve with ``workers`` forked processes sharing the listening sockets.
+def _with_idle_timeout(handler: Handler, idle_timeout: float, service: str) -> Handler:
+    """``handler`` with each read and write bounded by ``idle_timeout``; one that times out ends the connection."""
 
-    The parent binds every port, forks, then only supervises: SIGTERM or
-    SIGINT is passed on to every worker, and the parent returns once all have
-    exited (0 if all exited cleanly).
-    """
-    listeners = bind_listeners(config)
-    children: list[int] = []
-    for _ in range(workers):
-        # gevent's fork: prepares gevent in the child and watches the child
-        # in the parent, so waitpid below is cooperative and signals get in.
-        pid = gevent.os.fork_and_watch()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                Dispatcher(config, listeners).serve_forever()
-                code = 0
-            except ConfigError as error:
-                log.error("%s", error)
-                code = 2
-            except Exception:
-                log.exception("worker failed")
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children.append(pid)
-    for listener in listeners.values():
-        listener.close()  # the workers have their own copies
-    log.info("%d workers started: %s", workers, ", ".join(map(str, children)))
+    def handle(sock: Any, address: Any) -> None:
+        sock.settimeout(idle_timeout)
+        try:
+            handler(sock, address)
+        except TimeoutError:  # socket.timeout: from any recv or send of the handler's
+            log.info("connection from %s to %s idle for %.1f s: closed", describe_peer(address), service,
+                     idle_timeout)  # fmt: skip
 
-    def forward(number: int) -> None:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    handlers = [gevent.signal_handler(number, forward, number) for number in (signal.SIGTERM, signal.SIGINT)]
-    try:
-        codes = [_wait_child(pid) for pid in children]
-    finally:
-        for handler in handlers:
-            handler.cancel()
-    failed = [code for code in codes if code != 0]
-    return max(failed) if failed else 0
-
-
-def _wait_child(pid: int) -> int:
-    _, status = gevent.os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return handle

@@ -6,13 +6,19 @@ sends the header (the client's address as source, the address the client
 connected to as destination, as HAProxy does) in one ``sendall`` with nothing
 else, then copies both directions until both have ended. An end of stream on
 one side is passed on as a half-close (``shutdown(SHUT_WR)``) and the other
-direction keeps going; an error on either side ends both.
+direction keeps going. An error on one side (a reset, most often) ends both,
+and the other side is reset too (closed with ``SO_LINGER`` 0): a backend that
+crashes in mid-response must not look, to its client, like a complete answer.
+With ``idle_timeout``, a connection with no byte either way for that long is
+closed (both sides, with a FIN).
 """
 
 import logging
 import signal
 import socket
-from collections.abc import Iterable
+import struct
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
@@ -31,6 +37,8 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_GRACE_PERIOD = 10.0
 #: Bytes read at once in each direction.
 _CHUNK = 65536
+#: ``SO_LINGER`` on, with 0 seconds: ``close()`` sends a reset and drops unsent data.
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 class ProxyRelay(StreamServer):  # type: ignore[misc]
@@ -45,6 +53,8 @@ class ProxyRelay(StreamServer):  # type: ignore[misc]
             CRC32C TLV.
         crc32c: add a CRC32C TLV (v2), first, as HAProxy does.
         connect_timeout: seconds to connect to the upstream.
+        idle_timeout: seconds with no byte either way after which a
+            connection is closed; None (the default): never.
         backlog: as for StreamServer.
 
     Raises:
@@ -60,6 +70,7 @@ class ProxyRelay(StreamServer):  # type: ignore[misc]
         tlvs: Iterable[tuple[int, bytes]] = (),
         crc32c: bool = False,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: float | None = None,
         backlog: int | None = None,
     ) -> None:
         self.upstream = upstream
@@ -67,6 +78,7 @@ class ProxyRelay(StreamServer):  # type: ignore[misc]
         self.tlvs = tuple((tlv_type, bytes(value)) for tlv_type, value in tlvs)
         self.crc32c = crc32c
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
         # Options fail here, not on the first client.
         header_for(version, ("192.0.2.1", 1), ("192.0.2.2", 2), tlvs=self.tlvs, crc32c=crc32c)
         #: Every relayed connection's greenlet: what :meth:`stop` waits for.
@@ -104,14 +116,14 @@ class ProxyRelay(StreamServer):  # type: ignore[misc]
                 log.debug("connection from %s ended before the header was sent: %s", describe_peer(address), error)
                 return
             log.debug("relaying %s to %s", describe_peer(address), _describe(self.upstream))
-            pumps = [gevent.spawn(_pump, client, upstream), gevent.spawn(_pump, upstream, client)]
+            activity = _Activity()
+            pumps = [gevent.spawn(_pump, client, upstream, activity), gevent.spawn(_pump, upstream, client, activity)]
             try:
-                for finished in gevent.iwait(pumps):
-                    if finished.value is not None:  # an error: end both directions
-                        log.debug("connection from %s ended: %s", describe_peer(address), finished.value)
-                        break
+                ended_by = _until_both_end(pumps, self.idle_timeout, activity)
             finally:
                 gevent.killall(pumps)
+            if ended_by is not None:
+                log.debug("connection from %s ended: %s", describe_peer(address), ended_by)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, give open connections ``timeout`` seconds (default :attr:`stop_timeout`), then end them."""
@@ -122,11 +134,14 @@ class ProxyRelay(StreamServer):  # type: ignore[misc]
             log.warning("%d connection(s) still open after the grace period: closing them", len(self.connections))
             self.connections.kill(timeout=1)
 
-    def serve_until_signal(self, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
+    def serve_until_signal(
+        self, grace_period: float = DEFAULT_GRACE_PERIOD, on_ready: Callable[[], None] | None = None
+    ) -> None:
         """Start, serve until SIGTERM or SIGINT (or :meth:`stop`), then shut down gracefully.
 
         On the first signal the relay stops accepting and open connections get
         ``grace_period`` seconds to finish; a second signal ends them at once.
+        ``on_ready`` is called once the relay listens and the signals are handled.
         """
         if not self.started:
             self.start()
@@ -144,6 +159,8 @@ class ProxyRelay(StreamServer):  # type: ignore[misc]
 
         handlers = [gevent.signal_handler(number, on_signal, number) for number in (signal.SIGTERM, signal.SIGINT)]
         try:
+            if on_ready is not None:
+                on_ready()
             self._stop_event.wait()  # set by close(), as BaseServer.serve_forever waits
             for stopper in stopping:
                 stopper.join()
@@ -152,22 +169,66 @@ class ProxyRelay(StreamServer):  # type: ignore[misc]
                 handler.cancel()
 
 
-def _pump(source: Any, sink: Any) -> str | None:
+class _Activity:
+    """When a byte last went through a connection, either way."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+
+def _pump(source: Any, sink: Any, activity: _Activity) -> str | None:
     """Copy ``source`` to ``sink`` until end of stream, then half-close ``sink``.
+
+    On an error the other side is set to reset when it is closed.
 
     Returns None, or what went wrong (a text: an exception kept as a greenlet's
     value would hold its traceback and frames alive).
     """
-    try:
-        while True:
+    while True:
+        try:
             data = source.recv(_CHUNK)
-            if not data:
-                break
+        except OSError as error:
+            _reset_on_close(sink)
+            return str(error.strerror or error)
+        if not data:
+            break
+        activity.last = time.monotonic()
+        try:
             sink.sendall(data)
-        sink.shutdown(socket.SHUT_WR)
+        except OSError as error:
+            _reset_on_close(source)
+            return str(error.strerror or error)
+    try:
+        sink.shutdown(socket.SHUT_WR)  # a FIN stays a FIN
     except OSError as error:
+        _reset_on_close(source)
         return str(error.strerror or error)
     return None
+
+
+def _until_both_end(pumps: list[gevent.Greenlet], idle_timeout: float | None, activity: _Activity) -> str | None:
+    """Wait until both directions have ended; returns None, or why the connection ends early (an error, idle)."""
+    pending = list(pumps)
+    while pending:
+        timeout = None
+        if idle_timeout is not None:
+            timeout = activity.last + idle_timeout - time.monotonic()
+            if timeout <= 0:
+                return f"idle for {idle_timeout:.1f} s"
+        for finished in gevent.wait(pending, timeout=timeout, count=1):
+            pending.remove(finished)
+            if finished.value is not None:
+                return str(finished.value)
+    return None
+
+
+def _reset_on_close(sock: Any) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    except OSError:
+        pass  # already closed or reset: nothing to pass on
 
 
 def _describe(address: Any) -> str:

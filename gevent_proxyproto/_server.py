@@ -126,7 +126,10 @@ def read_headers_first(server: Any) -> None:
 
         if server.wrap_socket is gevent.ssl.wrap_socket:  # ssl arguments, not an ssl_context
             server.wrap_socket = _wrap_with_ssl_args
-    server._handle = functools.partial(_handshake_and_handle, server)
+    # The handler is bound now, as gevent binds its own here: close() removes
+    # server.handle, and a graceful stop lets every accepted connection finish,
+    # even one whose greenlet has not started yet.
+    server._handle = functools.partial(_handshake_and_handle, server, server.handle)
     server._where = describe_peer(server.address)
     for attribute, what in (("_refusals", "PROXY header refused"), ("_tls_refusals", "TLS handshake failed")):
         if attribute not in server.__dict__:  # a StreamServer that gevent_proxyproto.monkey turned into a PROXY one
@@ -146,7 +149,7 @@ def accept_connection(server: Any) -> tuple[ProxySocket, Any] | None:
     return ProxySocket(listener.family, listener.type, listener.proto, fileno=fd), address
 
 
-def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> Any:
+def _handshake_and_handle(server: Any, handle: Any, client: ProxySocket, real_peer: Any) -> Any:
     policy = server.policy
     deadline = time.monotonic() + policy.header_timeout
     try:
@@ -161,12 +164,12 @@ def _handshake_and_handle(server: Any, client: ProxySocket, real_peer: Any) -> A
     # already have reset the connection.
     address = client.getpeername() if header is not None and header.source is not None else real_peer
     if server.ssl_args is None:
-        return _call_handler(server, client, address, header, real_peer)
+        return _call_handler(server, handle, client, address, header, real_peer)
     tls = _tls_handshake(server, client, real_peer, deadline)
     if tls is None:
         return None
     with tls:
-        return _call_handler(server, tls, address, header, real_peer)
+        return _call_handler(server, handle, tls, address, header, real_peer)
 
 
 def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
@@ -188,9 +191,9 @@ def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: f
     return tls
 
 
-def _call_handler(server: Any, sock: Any, address: Any, header: ProxyHeader | None, real_peer: Any) -> Any:
+def _call_handler(server: Any, handle: Any, sock: Any, address: Any, header: ProxyHeader | None, real_peer: Any) -> Any:
     try:
-        return server.handle(sock, address)
+        return handle(sock, address)
     except OSError as error:
         # A proxy's health check hangs up or resets once it has its
         # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.

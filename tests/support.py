@@ -8,6 +8,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -15,12 +16,13 @@ from typing import Any
 
 import gevent
 import gevent.socket
+import gevent.subprocess
 import pytest
 
 import gevent_proxyproto as gpp
 from gevent_proxyproto import read_header
 
-from .conftest import require_tool
+from .conftest import REPO, require_tool
 
 V1_TCP4 = b"PROXY TCP4 203.0.113.7 192.0.2.1 4242 443\r\n"
 V2_TCP4 = gpp.build_v2(source=("203.0.113.7", 4242), destination=("192.0.2.1", 443))
@@ -289,3 +291,79 @@ def _reader_counts_peeked_bytes() -> bool:
 
 FAILS_FAST = _reader_parses_every_arrival()
 COUNTS_PEEKED_BYTES = _reader_counts_peeked_bytes()
+
+
+class CommandLine:
+    """``python -m gevent_proxyproto ARGS`` as a child, its output lines collected as they come.
+
+    Readiness is what the child says, never "something listens on the port":
+    that may be another process, and a signal sent before the child handles
+    signals kills it.
+    """
+
+    def __init__(self, *args: str) -> None:
+        self.process = gevent.subprocess.Popen(
+            [sys.executable, "-m", "gevent_proxyproto", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        #: Lines so far, as text: standard output, standard error (the log).
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            gevent.spawn(self._collect, self.process.stdout, self.out),
+            gevent.spawn(self._collect, self.process.stderr, self.err),
+        ]
+
+    @staticmethod
+    def _collect(stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.decode("utf-8", "replace"))
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def matches(self, pattern: str, stream: str = "err") -> list[re.Match[str]]:
+        """The lines so far that match ``pattern`` (``re.search``), in order."""
+        regex = re.compile(pattern)
+        lines = self.out if stream == "out" else self.err
+        return [match for match in map(regex.search, list(lines)) if match]
+
+    def wait_for(self, pattern: str, count: int = 1, stream: str = "err", timeout: float = 10.0) -> list[re.Match[str]]:
+        """Wait until ``count`` lines match ``pattern``; fails at once if the child exits first."""
+
+        def found() -> bool:
+            if len(self.matches(pattern, stream)) >= count:
+                return True
+            if self.process.poll() is not None:
+                gevent.joinall(self._readers, timeout=2)
+                if len(self.matches(pattern, stream)) < count:
+                    raise AssertionError(f"exited {self.process.returncode} before {pattern!r}:\n{self.log}")
+            return False
+
+        wait_until(found, timeout)
+        return self.matches(pattern, stream)
+
+    def send_signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        """The exit status, once the child has exited and its output is all read."""
+        code = self.process.wait(timeout=timeout)
+        gevent.joinall(self._readers, timeout=timeout)
+        return int(code)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.err)
+
+    def __enter__(self) -> "CommandLine":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait()

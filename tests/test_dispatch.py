@@ -20,7 +20,16 @@ from gevent_proxyproto._config import ConfigError, DispatcherConfig, ServiceConf
 from gevent_proxyproto._dispatch import Dispatcher, StartupError
 
 from .conftest import REPO
-from .support import V1_TCP4, V2_TCP6, client_tls_context, make_certificate, read_all, read_line, wait_until
+from .support import (
+    V1_TCP4,
+    V2_TCP6,
+    CommandLine,
+    client_tls_context,
+    make_certificate,
+    read_all,
+    read_line,
+    wait_until,
+)
 
 
 def free_ports(count: int) -> list[int]:
@@ -240,18 +249,15 @@ def test_cli_check_accepts_the_readme_shape(tmp_path: Any) -> None:
     assert b"OK" in out and b"127.0.0.1:18001  PROXY  -> c2s" in out
 
 
-def _serve(tmp_path: Any, body: str, *extra: str) -> subprocess.Popen[bytes]:
-    process = _cli("serve", "--config", _write_config(tmp_path, body), "--log-level", "INFO", *extra)
-    return process
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    def listening() -> bool:
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        with open("/proc/net/tcp") as table:
-            return any(f":{port:04X} " in line and line.split()[3] == "0A" for line in table)
-
-    wait_until(listening, timeout=10)
+def _serve(tmp_path: Any, body: str, *extra: str) -> CommandLine:
+    """``serve`` as a child, once it says it is ready: its ports listen and its signals are handled."""
+    child = CommandLine("serve", "--config", _write_config(tmp_path, body), "--log-level", "INFO", *extra)
+    try:
+        child.wait_for(r"ready: ")
+    except BaseException:
+        child.__exit__(None, None, None)
+        raise
+    return child
 
 
 def test_cli_serve_shuts_down_gracefully_on_sigterm(tmp_path: Any) -> None:
@@ -265,9 +271,7 @@ def test_cli_serve_shuts_down_gracefully_on_sigterm(tmp_path: Any) -> None:
         handler = "echo"
         ports = [{plain}]
     """)  # fmt: skip
-    try:
-        _wait_listening(proxy, process)
-        _wait_listening(plain, process)
+    with process:
         open_connection = gevent.socket.create_connection(("127.0.0.1", proxy))
         open_connection.sendall(V1_TCP4)
         assert json.loads(read_line(open_connection))["peer"] == ["203.0.113.7", 4242]
@@ -276,11 +280,8 @@ def test_cli_serve_shuts_down_gracefully_on_sigterm(tmp_path: Any) -> None:
         open_connection.sendall(b"still here\n")  # ...while the open connection is served
         assert read_line(open_connection) == b"still here\n"
         open_connection.close()
-        assert process.wait(timeout=10) == 0
-    finally:
-        process.kill()
-        process.wait()
-    assert b"SIGTERM" in process.stderr.read()  # type: ignore[union-attr]
+        assert process.wait() == 0
+    assert "SIGTERM" in process.log
 
 
 def _refused(port: int) -> bool:
@@ -310,17 +311,13 @@ def test_cli_workers_share_the_ports_and_stop_together(tmp_path: Any) -> None:
     process = _serve(
         tmp_path, f'proxy_ports = [{proxy}]\n[proxy_port_mappings]\n{proxy} = "whoami"\n', "--workers", "2"
     )
-    try:
-        _wait_listening(proxy, process)
-        wait_until(lambda: len(_children(process.pid)) == 2)
+    with process:
         workers = _children(process.pid)
+        assert len(workers) == 2
         for _ in range(10):
             assert json.loads(ask(proxy, V1_TCP4))["peer"] == ["203.0.113.7", 4242]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
-    finally:
-        process.kill()
-        process.wait()
     assert all(not os.path.exists(f"/proc/{pid}") or _is_zombie_of_nobody(pid) for pid in workers)
 
 
@@ -333,17 +330,15 @@ def _is_zombie_of_nobody(pid: int) -> bool:
 
 
 def test_cli_demo_serves_as_the_readme_says() -> None:
-    process = _cli("serve")
-    try:
-        _wait_listening(18000, process)
+    # Ready when this serve says so: "something listens on 18000" may be
+    # another process, and a SIGINT before serve handles it kills it (-2).
+    with CommandLine("serve") as process:
+        process.wait_for(r"ready: ")
         document = json.loads(ask(18000, b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 18000\r\n"))
         assert document["peer"] == ["203.0.113.7", 4242]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
-    finally:
-        process.kill()
-        process.wait()
-    assert b"printf 'PROXY TCP4 203.0.113.7 127.0.0.1 4242 18000" in process.stdout.read()  # type: ignore[union-attr]
+    assert "printf 'PROXY TCP4 203.0.113.7 127.0.0.1 4242 18000" in "".join(process.out)
 
 
 def test_logs_go_to_the_package_logger(dispatcher_for: Any, caplog: pytest.LogCaptureFixture) -> None:

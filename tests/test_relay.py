@@ -21,7 +21,7 @@ import gevent_proxyproto as gpp
 from gevent_proxyproto._sending import header_for
 
 from .conftest import REPO
-from .support import Recorder, is_listening, needs_ipv6, open_fds, read_all, read_line, serving, wait_until
+from .support import CommandLine, Recorder, needs_ipv6, open_fds, read_all, read_line, serving, wait_until
 
 
 @contextlib.contextmanager
@@ -207,6 +207,83 @@ def test_no_descriptor_or_greenlet_left_behind() -> None:
         wait_until(lambda: len(relay.connections) == 0 and len(server.failures) == 0 and open_fds() <= before)
 
 
+def _until_end(sock: Any, echo: bool = False) -> tuple[bytes, str]:
+    """Everything received (echoed if ``echo``), and how the stream ended: "end of stream" (a FIN) or "reset"."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return b"".join(chunks), "reset"
+        if not chunk:
+            return b"".join(chunks), "end of stream"
+        chunks.append(chunk)
+        if echo:
+            sock.sendall(chunk)
+
+
+def test_a_client_reset_reaches_the_upstream_as_a_reset() -> None:
+    ended = gevent.event.AsyncResult()
+
+    def wait_for_the_end(sock: Any, address: Any) -> None:
+        sock.sendall(b"ready\n")
+        ended.set(_until_end(sock))
+
+    with serving(wait_for_the_end) as server, relaying(server.address) as relay:
+        client = gevent.socket.create_connection(relay.address, timeout=5)
+        assert read_line(client) == b"ready\n"
+        _reset(client)
+        assert ended.get(timeout=5) == (b"", "reset")
+        wait_until(lambda: len(relay.connections) == 0)
+
+
+def test_an_upstream_reset_in_mid_response_reaches_the_client_as_a_reset() -> None:
+    def crash_mid_response(sock: Any, address: Any) -> None:
+        sock.recv(7)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+        _reset(sock)  # as a crashed backend's kernel does
+
+    with serving(crash_mid_response) as server, relaying(server.address) as relay:
+        with gevent.socket.create_connection(relay.address, timeout=5) as client:
+            client.sendall(b"request")
+            received, ending = _until_end(client)
+        wait_until(lambda: len(relay.connections) == 0)
+    assert ending == "reset", received  # not a clean end that would make "partial" look complete
+
+
+def test_a_half_close_stays_a_half_close_both_ways() -> None:
+    ended = gevent.event.AsyncResult()
+
+    def answer_then_close(sock: Any, address: Any) -> None:
+        request = _until_end(sock)
+        sock.sendall(b"answer")
+        sock.shutdown(socket.SHUT_WR)
+        ended.set(request)
+
+    with serving(answer_then_close) as server, relaying(server.address) as relay:
+        with gevent.socket.create_connection(relay.address, timeout=5) as client:
+            client.sendall(b"request")
+            client.shutdown(socket.SHUT_WR)
+            assert _until_end(client) == (b"answer", "end of stream")
+        assert ended.get(timeout=5) == (b"request", "end of stream")
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
+    upstream_ended = gevent.event.AsyncResult()
+
+    def echo_until_the_end(sock: Any, address: Any) -> None:
+        upstream_ended.set(_until_end(sock, echo=True))
+
+    with serving(echo_until_the_end) as server, relaying(server.address, idle_timeout=0.3) as relay:
+        with gevent.socket.create_connection(relay.address, timeout=5) as client:
+            client.sendall(b"still talking\n")
+            assert read_line(client) == b"still talking\n"
+            assert _until_end(client) == (b"", "end of stream")  # then silence: closed, with a FIN
+        assert upstream_ended.get(timeout=5) == (b"still talking\n", "end of stream")
+        wait_until(lambda: len(relay.connections) == 0)
+    assert len(server.failures) == 0
+
+
 # -- the command line, in subprocesses ---------------------------------------------------------
 
 
@@ -218,14 +295,6 @@ def _cli(*args: str) -> "subprocess.Popen[bytes]":
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-
-
-def _wait_listening(port: int, process: "subprocess.Popen[bytes]") -> None:
-    def listening() -> bool:
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        return is_listening(port)
-
-    wait_until(listening, timeout=10)
 
 
 @contextlib.contextmanager
@@ -248,12 +317,13 @@ def whoami_behind_forward(tmp_path: Any, *forward_options: str) -> Iterator[tupl
         [proxy_port_mappings]
         {serve_port} = "whoami"
     """))  # fmt: skip
-    with running(_cli("serve", "--config", str(config))) as serve:
-        _wait_listening(serve_port, serve)
-        forward = _cli("forward", "--listen", f"127.0.0.1:{forward_port}", "--to", f"127.0.0.1:{serve_port}",
+    # Ready when each says so (not when "something" listens on the port).
+    with CommandLine("serve", "--config", str(config)) as serve:
+        serve.wait_for(r"ready: ")
+        forward = CommandLine("forward", "--listen", f"127.0.0.1:{forward_port}", "--to", f"127.0.0.1:{serve_port}",
                        *forward_options)  # fmt: skip
-        with running(forward):
-            _wait_listening(forward_port, forward)
+        with forward:
+            forward.wait_for(r"^forwarding ", stream="out")
             yield serve_port, forward_port, forward
 
 
@@ -291,10 +361,18 @@ def test_forward_shuts_down_gracefully_on_sigterm(tmp_path: Any) -> None:
         open_connection.sendall(b"still here\n")  # ...while the open connection is relayed
         assert read_line(open_connection) == b"still here\n"
         open_connection.close()
-        assert forward.wait(timeout=10) == 0
-        out, err = forward.communicate()
-    assert f"forwarding 127.0.0.1:{forward_port} -> 127.0.0.1:".encode() in out
-    assert b"SIGTERM" in err and b"Traceback" not in err
+        assert forward.wait() == 0
+    assert f"forwarding 127.0.0.1:{forward_port} -> 127.0.0.1:" in "".join(forward.out)
+    assert "SIGTERM" in forward.log and "Traceback" not in forward.log
+
+
+def test_forward_idle_timeout_closes_a_silent_connection(tmp_path: Any) -> None:
+    with whoami_behind_forward(tmp_path, "--idle-timeout", "0.3") as (_, forward_port, forward):
+        with gevent.socket.create_connection(("127.0.0.1", forward_port), timeout=5) as client:
+            assert json.loads(read_line(client))["service"] == "whoami"
+            assert read_all(client) == b""  # silence, then the relay closes it
+        forward.send_signal(signal.SIGTERM)
+        assert forward.wait() == 0
 
 
 @pytest.mark.parametrize(
@@ -310,9 +388,10 @@ def test_forward_shuts_down_gracefully_on_sigterm(tmp_path: Any) -> None:
         (["--listen", "127.0.0.1"], "not HOST:PORT"),
         (["--listen", "127.0.0.1:70000"], "not HOST:PORT"),
         (["--grace-period", "-1"], "not a positive number"),
+        (["--idle-timeout", "0"], "not a positive number"),
     ],
     ids=["crc-as-tlv", "tlv-type", "tlv-hex", "tlv-no-value", "v1-crc", "v3", "ipv6-no-brackets", "no-port",
-         "port-range", "grace"],
+         "port-range", "grace", "idle"],
 )  # fmt: skip
 def test_forward_argument_errors_exit_2(arguments: list[str], message: str) -> None:
     defaults = {"--listen": "127.0.0.1:1", "--to": "127.0.0.1:2"}

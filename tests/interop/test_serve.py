@@ -1,8 +1,7 @@
 """Real senders in front of the command line: `gevent-proxyproto serve` as a subprocess."""
 
 import json
-import subprocess
-import sys
+import signal
 import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,9 +10,8 @@ import pytest
 
 import gevent_proxyproto as gpp
 
-from ..conftest import REPO
-from ..support import is_listening, wait_until
-from .peers import Endpoint, HAProxy, Nginx, exchange, expected_address, pick_endpoints, wait_exit
+from ..support import CommandLine
+from .peers import Endpoint, HAProxy, Nginx, exchange, expected_address, pick_endpoints
 from .test_haproxy import UNIQUE_ID_FORMAT, relay
 
 pytestmark = pytest.mark.interop
@@ -22,7 +20,7 @@ pytestmark = pytest.mark.interop
 @pytest.fixture
 def serve(tmp_path: Any) -> Iterator[Callable[[], Endpoint]]:
     """`gevent-proxyproto serve` with whoami on one PROXY port; stopped with SIGTERM, exit status checked."""
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[CommandLine] = []
 
     def start() -> Endpoint:
         endpoint = pick_endpoints({"whoami": "127.0.0.1"})["whoami"]
@@ -32,20 +30,17 @@ def serve(tmp_path: Any) -> Iterator[Callable[[], Endpoint]]:
             [proxy_port_mappings]
             {endpoint.port} = "whoami"
         """))  # fmt: skip
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gevent_proxyproto", "serve", "--config", str(config)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        process = CommandLine("serve", "--config", str(config))
         processes.append(process)
-        wait_until(lambda: is_listening(endpoint.port) or process.poll() is not None, timeout=10)
-        assert process.poll() is None, process.stderr.read() if process.stderr else b""
+        process.wait_for(r"ready: ")  # this serve says so: not "something listens on the port"
         return endpoint
 
     yield start
     for process in processes:
-        process.terminate()
-        assert wait_exit(process, 15) == 0  # SIGTERM is a clean shutdown
-        assert b"Traceback" not in (process.stderr.read() if process.stderr else b"")
+        with process:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0  # SIGTERM is a clean shutdown
+        assert "Traceback" not in process.log
 
 
 def _whoami(front: Endpoint) -> tuple[Any, dict[str, Any]]:
