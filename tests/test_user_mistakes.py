@@ -35,7 +35,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
     [
         pytest.param(
             {"services": {"c2s": {"handlr": "x:y"}}},
-            "services.c2s: unknown key(s) 'handlr' (did you mean 'handler'?); known: handler, multiplex_pattern, multiplex_tls, ports",
+            "services.c2s: unknown key(s) 'handlr' (did you mean 'handler'?); known: handler, idle_timeout, multiplex_pattern, multiplex_tls, ports",
             id="service-typo",
         ),
         pytest.param(
