@@ -205,15 +205,17 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
         max_pending: int = DEFAULT_MAX_PENDING,
         **policy_fields: Any,
     ) -> None:
+        # None: the default policy (ProxyPolicy()); gevent_proxyproto.monkey's subclass: a plain socket.
+        # Decided before the socket exists: a mistake leaks no file descriptor.
+        policy = policy_from_keywords(policy, policy_fields) if policy is not None or policy_fields else None
+        if policy_fields:  # what is left is not a policy field
+            raise TypeError(f"unexpected keyword argument(s) {sorted(policy_fields)}; the policy's are {POLICY_FIELDS}")
         super().__init__(family, type, proto, fileno)
         #: The parsed header; None before the handshake and for direct connections.
         self.proxy_header: ProxyHeader | None = None
         self._peer: Address | None = None
         self._local: Address | None = None
-        # None: the default policy (ProxyPolicy()); gevent_proxyproto.monkey's subclass: a plain socket.
-        self._policy = policy_from_keywords(policy, policy_fields) if policy is not None or policy_fields else None
-        if policy_fields:  # what is left is not a policy field
-            raise TypeError(f"unexpected keyword argument(s) {sorted(policy_fields)}; the policy's are {POLICY_FIELDS}")
+        self._policy = policy
         self._max_pending = max_pending
         self._acceptor: _Acceptor | None = None
 
