@@ -403,6 +403,11 @@ class Supervisor:
 
     def _stop(self, number: int) -> None:
         if self._stopping:
+            # serve_until_signal's second signal, passed on: each worker closes its connections now.
+            log.info("%s again: %d worker(s) close their open connections now", signal.Signals(number).name,
+                     len(self.workers))  # fmt: skip
+            for worker in self.workers.values():
+                _terminate(worker.pid)
             return
         self._stopping = True
         self.listeners.close_all()  # the ports stop listening once the workers stop accepting

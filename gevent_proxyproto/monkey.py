@@ -357,6 +357,8 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
     import os
     import runpy
 
+    from ._policy import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_SIZE  # pure: no gevent before patch_all()
+
     parser = argparse.ArgumentParser(
         prog="python -m gevent_proxyproto.monkey",
         description="Run a program with gevent.monkey.patch_all() and PROXY protocol ports patched in.",
@@ -368,9 +370,17 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
         "--trusted-proxies", metavar="CIDR[,CIDR...]", help="networks allowed to send headers (default: loopback)"
     )
     parser.add_argument(
-        "--header-timeout", type=float, metavar="SECONDS", help="seconds for the whole header (default: 5)"
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"seconds for the whole header (default: {DEFAULT_HEADER_TIMEOUT:g})",
     )
-    parser.add_argument("--max-header-size", type=int, metavar="BYTES", help="larger headers are refused (16384)")
+    parser.add_argument(
+        "--max-header-size",
+        type=int,
+        metavar="BYTES",
+        help=f"larger headers are refused (default: {DEFAULT_MAX_HEADER_SIZE})",
+    )
     parser.add_argument(
         "--untrusted",
         choices=("reject", "direct"),
