@@ -217,4 +217,13 @@ class RefusalLog:
         log.warning("%s on %s: suppressed %d more %s since the last warning", self.what, self.where, count, reason)
 
 
-__all__ = ["DEFAULT_HEADER_TIMEOUT", "DEFAULT_MAX_HEADER_SIZE", "ProxyPolicy", "RefusalLog", "describe_peer"]
+__all__ = [
+    "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_MAX_HEADER_SIZE",
+    "POLICY_FIELDS",
+    "ProxyPolicy",
+    "RefusalLog",
+    "describe_peer",
+    "policy_from_keywords",
+    "socket_address",
+]

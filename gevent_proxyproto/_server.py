@@ -4,6 +4,11 @@
 header is read in the connection's own greenlet, where gevent does its TLS
 handshake too (``wrap_socket_and_handle``). Then ``handle(sock, address)`` runs
 with the proxied address. Header first, TLS second, under one deadline.
+
+The per-connection functions serve any :class:`ProxyServer` (the interface
+ProxyStreamServer, ProxyWSGIServer and the StreamServers patched by
+``gevent_proxyproto.monkey`` share). :func:`serve_until_signal` is how the
+dispatcher, ``serve`` and the relay stop on SIGTERM/SIGINT.
 """
 
 import functools

@@ -183,10 +183,16 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
     connections); :meth:`real_peername` and :meth:`real_sockname` always
     report the real ones, and :attr:`proxy_header` is the parsed header.
 
+    A handler that upgrades a connection itself (StartTLS) keeps the proxied
+    addresses once :func:`~gevent_proxyproto._tls_hook.install_starttls` has
+    run: a listening ProxySocket runs it at its first :meth:`accept`; a
+    program that calls :meth:`handshake` on connections it accepted itself
+    sets ``context.sslsocket_class = ProxySSLSocket`` on its context instead.
+
     Args:
         family, type, proto, fileno: as for :class:`gevent.socket.socket`.
         policy: a :class:`ProxyPolicy`; or its fields as keyword arguments
-            (``trusted_proxies``, ``header_timeout``, ...).
+            (``trusted_proxies``, ``header_timeout``, ...), not both.
         max_pending: handshakes run at once by :meth:`accept`; at the cap, a
             new connection evicts the oldest one still waiting for its
             header (counted as ``TIMEOUT``).
@@ -535,4 +541,4 @@ class _Stopped(OSError):
     """accept() on a ProxySocket closed meanwhile."""
 
 
-__all__ = ["Command", "ProxyPolicy", "ProxySocket", "read_header"]
+__all__ = ["Command", "ProxySocket", "read_header"]
