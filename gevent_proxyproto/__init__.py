@@ -35,15 +35,16 @@ if TYPE_CHECKING:
     from ._config import ConfigError, DispatcherConfig, ServiceConfig, TLSConfig, load_config
     from ._dispatch import Dispatcher, StartupError, bind_listeners
     from ._multiplex import Multiplexer, Unmatched
+    from ._policy import ProxyPolicy
     from ._relay import ProxyRelay
     from ._server import ProxyStreamServer
-    from ._socket import ProxyPolicy, ProxySocket, read_header
+    from ._socket import ProxySocket, read_header
     from ._tls_hook import ProxySSLSocket
     from ._udp import ProxiedAddress, ProxyDatagramServer
     from ._wsgi import ProxyWSGIServer
 
 _LAZY = {
-    "ProxyPolicy": "._socket",
+    "ProxyPolicy": "._policy",
     "ProxySocket": "._socket",
     "read_header": "._socket",
     "ProxyStreamServer": "._server",

@@ -15,10 +15,11 @@ import signal
 import sys
 from typing import Any
 
+# Pure, no gevent: may come before serve's patch_all().
+from ._policy import DEFAULT_CONNECT_TIMEOUT, DEFAULT_GRACE_PERIOD, LOG_FORMAT, describe_peer
+
 #: Exit status for a bad configuration or a failed start-up.
 EXIT_CONFIG = 2
-#: The log line of ``serve`` and ``forward`` (and of the monkey runner): when, how bad, what.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -96,12 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     forward.add_argument("--crc32c", action="store_true", help="add a CRC32C TLV (v2), first as HAProxy does")
     forward.add_argument("--tlv", action="append", default=[], type=_tlv, metavar="TYPE=HEX",
                          help="add a TLV (v2): TYPE decimal or 0xNN, the value in hex; repeatable, sent in order")  # fmt: skip
-    forward.add_argument("--connect-timeout", type=_seconds, default=5.0, metavar="SECONDS",
-                         help="to connect to the upstream (default 5)")  # fmt: skip
+    forward.add_argument("--connect-timeout", type=_seconds, default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS",
+                         help=f"to connect to the upstream (default {DEFAULT_CONNECT_TIMEOUT:g})")  # fmt: skip
     forward.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
                          help="close a connection after this long with no byte either way (default: never)")  # fmt: skip
-    forward.add_argument("--grace-period", type=_seconds, default=10.0, metavar="SECONDS",
-                         help="open connections get this long after SIGTERM/SIGINT (default 10)")  # fmt: skip
+    forward.add_argument("--grace-period", type=_seconds, default=DEFAULT_GRACE_PERIOD, metavar="SECONDS",
+                         help=f"open connections get this long after SIGTERM/SIGINT, a second signal ends them "
+                              f"(default {DEFAULT_GRACE_PERIOD:g})")  # fmt: skip
     forward.add_argument(
         "--log-level", default="INFO", type=str.upper, help="DEBUG shows each connection (default INFO)"
     )
@@ -251,7 +253,6 @@ def _serve(path: str | None, workers: int | None) -> int:
 
 def _forward(args: argparse.Namespace) -> int:
     from ._relay import ProxyRelay
-    from ._socket import describe_peer
 
     try:
         relay = ProxyRelay(

@@ -14,7 +14,7 @@ import socketserver
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._multiplex import (
@@ -25,8 +25,7 @@ from ._multiplex import (
     TLS_CLIENT_HELLO,
     compile_pattern,
 )
-from ._socket import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, UNTRUSTED_DIRECT, UNTRUSTED_REJECT
-from ._trust import LOOPBACK, TrustedProxies
+from ._policy import DEFAULT_GRACE_PERIOD, ProxyPolicy, policy_from_keywords
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,8 +34,6 @@ else:  # pragma: no cover - Python 3.10
 
 #: Services usable without a [services] table (see _services.py).
 BUILTIN_SERVICES = ("whoami", "echo", MULTIPLEX)
-#: Seconds open connections get to finish after SIGTERM/SIGINT.
-DEFAULT_GRACE_PERIOD = 10.0
 
 _TOP_LEVEL_KEYS = {
     "bind",
@@ -100,28 +97,101 @@ class TLSConfig:
     verify_client: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DispatcherConfig:
-    """Everything the dispatcher needs; see the README's configuration reference."""
+    """Everything the dispatcher needs; see the configuration reference (``docs/configuration.rst``).
 
-    bind: str = "127.0.0.1"
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT
-    trusted_proxies: tuple[str, ...] = LOOPBACK
-    untrusted: str = UNTRUSTED_REJECT
-    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
-    allow_v4_in_tcp6: bool = False
-    grace_period: float = DEFAULT_GRACE_PERIOD
+    The proxy ports' settings are one :class:`ProxyPolicy`: give ``policy=``,
+    or its fields (``header_timeout``, ``trusted_proxies``, ``untrusted``,
+    ``max_header_size``, ``allow_v4_in_tcp6``) as the TOML file does; they
+    stay readable as attributes.
+
+    Raises:
+        ConfigError: a wrong value, naming its key.
+        TypeError: both ``policy`` and some of its fields were given.
+    """
+
+    bind: str
+    #: How every proxy port treats its connections.
+    policy: ProxyPolicy
+    #: Seconds open connections get to finish after SIGTERM/SIGINT.
+    grace_period: float
     #: Open connections per process beyond which new ones are closed at once; None: no cap.
-    max_connections: int | None = None
-    proxy_ports: tuple[int, ...] = ()
-    proxy_port_mappings: Mapping[int, str] = field(default_factory=dict)
-    services: Mapping[str, ServiceConfig] = field(default_factory=dict)
-    tls: Mapping[int, TLSConfig] = field(default_factory=dict)
-    multiplex_buffer_size: int = DEFAULT_MULTIPLEX_BUFFER_SIZE
-    multiplex_timeout: float = DEFAULT_MULTIPLEX_TIMEOUT
+    max_connections: int | None
+    proxy_ports: tuple[int, ...]
+    proxy_port_mappings: Mapping[int, str]
+    services: Mapping[str, ServiceConfig]
+    tls: Mapping[int, TLSConfig]
+    multiplex_buffer_size: int
+    multiplex_timeout: float
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        bind: str = "127.0.0.1",
+        header_timeout: float | None = None,
+        trusted_proxies: Any = None,
+        untrusted: str | None = None,
+        max_header_size: int | None = None,
+        allow_v4_in_tcp6: bool | None = None,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
+        max_connections: int | None = None,
+        proxy_ports: tuple[int, ...] = (),
+        proxy_port_mappings: Mapping[int, str] | None = None,
+        services: Mapping[str, ServiceConfig] | None = None,
+        tls: Mapping[int, TLSConfig] | None = None,
+        multiplex_buffer_size: int = DEFAULT_MULTIPLEX_BUFFER_SIZE,
+        multiplex_timeout: float = DEFAULT_MULTIPLEX_TIMEOUT,
+        *,
+        policy: ProxyPolicy | None = None,
+    ) -> None:
+        given = {
+            "header_timeout": header_timeout,
+            "trusted_proxies": trusted_proxies,
+            "untrusted": untrusted,
+            "max_header_size": max_header_size,
+            "allow_v4_in_tcp6": allow_v4_in_tcp6,
+        }
+        try:  # ProxyPolicy checks its fields; each message starts with the field's name, the TOML key
+            policy = policy_from_keywords(policy, {key: value for key, value in given.items() if value is not None})
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        values = {
+            "bind": bind,
+            "policy": policy,
+            "grace_period": grace_period,
+            "max_connections": max_connections,
+            "proxy_ports": proxy_ports,
+            "proxy_port_mappings": {} if proxy_port_mappings is None else proxy_port_mappings,
+            "services": {} if services is None else services,
+            "tls": {} if tls is None else tls,
+            "multiplex_buffer_size": multiplex_buffer_size,
+            "multiplex_timeout": multiplex_timeout,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # frozen
         validate(self)
+
+    # The policy's fields, read as the TOML keys name them.
+
+    @property
+    def header_timeout(self) -> float:
+        return self.policy.header_timeout
+
+    @property
+    def trusted_proxies(self) -> Any:
+        return self.policy.trusted_proxies
+
+    @property
+    def untrusted(self) -> str:
+        return self.policy.untrusted
+
+    @property
+    def max_header_size(self) -> int:
+        return self.policy.max_header_size
+
+    @property
+    def allow_v4_in_tcp6(self) -> bool:
+        return self.policy.allow_v4_in_tcp6
 
     @property
     def plain_ports(self) -> dict[int, str]:
@@ -203,25 +273,21 @@ def config_from_mapping(data: Mapping[str, Any]) -> DispatcherConfig:
 
 
 def validate(config: DispatcherConfig) -> None:
-    """Check a configuration as a whole; raises ConfigError."""
+    """Check a configuration as a whole; raises ConfigError.
+
+    The policy's fields are checked by :class:`ProxyPolicy` itself.
+    """
     if not isinstance(config.bind, str) or not config.bind:
         raise ConfigError('bind must be an address, e.g. "127.0.0.1" or "::"')
-    for name in ("header_timeout", "grace_period"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+    value = config.grace_period
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"grace_period must be a positive number of seconds, not {value!r}")
     for service in config.services.values():
         if service.idle_timeout is not None:
             _check_seconds(service.idle_timeout, f"services.{service.name}.idle_timeout")
     limit = config.max_connections
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"max_connections must be a whole number of connections (at least 1), not {limit!r}")
-    if config.untrusted not in (UNTRUSTED_REJECT, UNTRUSTED_DIRECT):
-        raise ConfigError(f'untrusted must be "reject" or "direct", not {config.untrusted!r}')
-    try:
-        TrustedProxies(config.trusted_proxies)
-    except ValueError as error:
-        raise ConfigError(f"trusted_proxies: {error}") from None
     seen: dict[int, str] = {}
     for port in config.proxy_ports:
         _claim(seen, _port(port, "proxy_ports"), "proxy_ports")

@@ -14,9 +14,7 @@ reloading (SIGHUP) are in ``_supervisor.py``.
 import functools
 import logging
 import os
-import signal
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +25,10 @@ from gevent.server import StreamServer
 
 from ._config import ConfigError, DispatcherConfig, TLSConfig, resolve_handler
 from ._multiplex import Multiplexer, Route
-from ._server import ProxyStreamServer
+from ._policy import DEFAULT_WARNING_INTERVAL, RefusalLog, describe_peer
+from ._server import ProxyStreamServer, serve_until_signal
 from ._services import BUILTIN_HANDLERS, Handler, as_connection_handler
-from ._socket import ProxyPolicy, describe_peer, is_health_check
+from ._socket import is_health_check
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -37,8 +36,9 @@ log = logging.getLogger("gevent_proxyproto")
 LISTEN_BACKLOG = 1024
 #: A connection refused over ``max_connections`` is logged at WARNING at most
 #: once in this many seconds (the first at once), the others at DEBUG; every
-#: one is counted in :attr:`Dispatcher.refused_connections`.
-REFUSAL_WARNING_INTERVAL = 60.0
+#: one is counted in :attr:`Dispatcher.refused_connections`. The default of
+#: :attr:`Dispatcher.warning_interval`.
+REFUSAL_WARNING_INTERVAL = DEFAULT_WARNING_INTERVAL
 
 
 class StartupError(Exception):
@@ -106,13 +106,8 @@ class Dispatcher:
         self.handlers = self._resolve_handlers(config)
         # Loaded here, not at start(), so that `check` finds a missing file too.
         self._tls_args = {port: self._ssl_args(port, tls) for port, tls in config.tls.items()}
-        self.policy = ProxyPolicy(
-            trusted_proxies=config.trusted_proxies,
-            header_timeout=config.header_timeout,
-            max_header_size=config.max_header_size,
-            untrusted=config.untrusted,
-            allow_v4_in_tcp6=config.allow_v4_in_tcp6,
-        )
+        #: The proxy ports' policy: the configuration's.
+        self.policy = config.policy
         self._listeners = listeners
         #: Port -> the server listening on it, once started.
         self.servers: dict[int, StreamServer] = {}
@@ -120,7 +115,7 @@ class Dispatcher:
         self.connections = gevent.pool.Pool()
         #: Connections closed at once because ``max_connections`` were open.
         self.refused_connections = 0
-        self._refusals_warned: tuple[float, int] | None = None  # when, and the count then
+        self._refusals = RefusalLog("connection refused", f"{config.bind} (any port)", REFUSAL_WARNING_INTERVAL)
         self._stopped = gevent.event.Event()
 
     @staticmethod
@@ -219,18 +214,16 @@ class Dispatcher:
 
     def _log_refusal(self, address: Any, limit: int) -> None:
         self.refused_connections += 1
-        # A flood must not flood the log: the shape of ProxyDatagramServer._drop.
-        now = time.monotonic()
-        last = self._refusals_warned
-        if last is None or now - last[0] >= REFUSAL_WARNING_INTERVAL:
-            unlogged = self.refused_connections - 1 - (last[1] if last is not None else 0)
-            self._refusals_warned = (now, self.refused_connections)
-            since = f"; {unlogged} more since the last warning" if unlogged else ""
-            log.warning("connection from %s refused: max_connections (%d) are open (every refusal is counted; "
-                        "at most one warning every %.0f s%s)", describe_peer(address), limit,
-                        REFUSAL_WARNING_INTERVAL, since)  # fmt: skip
-        else:
-            log.debug("connection from %s refused: max_connections (%d) are open", describe_peer(address), limit)
+        self._refusals.refused("max_connections", f"{limit} connections are open", address)
+
+    @property
+    def warning_interval(self) -> float:
+        """Seconds between two WARNING lines about connections refused over ``max_connections`` (60)."""
+        return self._refusals.interval
+
+    @warning_interval.setter
+    def warning_interval(self, seconds: float) -> None:
+        self._refusals.interval = seconds
 
     @staticmethod
     def _ssl_args(port: int, tls: TLSConfig) -> dict[str, Any]:
@@ -267,25 +260,21 @@ class Dispatcher:
     def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         """Start, then serve until SIGTERM or SIGINT (or :meth:`stop`), then shut down gracefully.
 
+        The first signal stops accepting and gives open connections
+        ``grace_period``; a second one closes them at once.
+
         Args:
             on_ready: called once every port listens and the signals are handled.
         """
         self.start()
-        handlers = [
-            gevent.signal_handler(number, self._on_signal, number) for number in (signal.SIGTERM, signal.SIGINT)
-        ]
-        try:
-            if on_ready is not None:
-                on_ready()
-            self._stopped.wait()
-        finally:
-            for handler in handlers:
-                handler.cancel()
+        serve_until_signal(self.stop, self.close_connections, self._stopped, lambda: self.config.grace_period,
+                           on_ready)  # fmt: skip
 
-    def _on_signal(self, number: int) -> None:
-        log.info("%s: no longer accepting; open connections have %.1f s", signal.Signals(number).name,
-                 self.config.grace_period)  # fmt: skip
-        gevent.spawn(self.stop)
+    def close_connections(self) -> int:
+        """End every open connection now; returns how many there were."""
+        count = len(self.connections)
+        self.connections.kill(block=False)
+        return count
 
     def stop(self, grace_period: float | None = None) -> None:
         """Stop accepting on every port, wait up to ``grace_period`` for open connections, then end them."""

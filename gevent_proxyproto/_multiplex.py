@@ -20,7 +20,6 @@ which is what the dispatcher listens on.
 """
 
 import enum
-import logging
 import re
 import select
 import socket as _stdlib_socket
@@ -30,10 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._policy import RefusalLog, describe_peer, log
 from ._services import Handler
-from ._socket import describe_peer
-
-log = logging.getLogger("gevent_proxyproto")
 
 #: The built-in service's name: ``proxy_port_mappings`` and ``handler`` use it.
 MULTIPLEX = "multiplex"
@@ -53,8 +50,6 @@ DEFAULT_MULTIPLEX_TIMEOUT = 5.0
 TLS_CLIENT_HELLO = re.compile(rb"\x16\x03[\x00-\x04][\x00-\xff]{2}\x01")
 #: Bytes of the unmatched start a log line shows.
 _LOGGED_BYTES = 32
-#: Seconds between two WARNING lines about unmatched connections of the same reason.
-DEFAULT_WARNING_INTERVAL = 60.0
 
 _MSG_PEEK = _stdlib_socket.MSG_PEEK
 _SOL_SOCKET = _stdlib_socket.SOL_SOCKET
@@ -195,9 +190,6 @@ class Multiplexer:
         where: the listening address, for log lines.
     """
 
-    #: Seconds between two WARNING lines about unmatched connections of the same reason.
-    warning_interval = DEFAULT_WARNING_INTERVAL
-
     def __init__(
         self,
         routes: Sequence[Route],
@@ -219,11 +211,21 @@ class Multiplexer:
         self.failures: Counter[Unmatched] = Counter()
         #: TLS routes whose handshake failed.
         self.tls_failures = 0
-        self._warned: dict[Unmatched, tuple[float, int]] = {}
+        # Port scans and TCP health checks close before a match: not worth a warning.
+        self._refusals = RefusalLog("multiplex: connection closed", where, quiet=(Unmatched.CLOSED.value,))
         if tls_context is not None:
-            from . import _tls_hook
+            from ._tls_hook import install_starttls
 
-            _tls_hook.install()  # the TLS socket keeps the proxied addresses
+            install_starttls()  # the TLS socket keeps the proxied addresses
+
+    @property
+    def warning_interval(self) -> float:
+        """Seconds between two WARNING lines about unmatched connections of one reason (60); all are counted."""
+        return self._refusals.interval
+
+    @warning_interval.setter
+    def warning_interval(self, seconds: float) -> None:
+        self._refusals.interval = seconds
 
     def __call__(self, sock: Any, address: Any) -> Any:
         deadline = time.monotonic() + self.timeout
@@ -256,24 +258,8 @@ class Multiplexer:
         return tls
 
     def _unmatched(self, no_match: NoMatch, address: Any) -> None:
-        reason = no_match.reason
-        failures = self.failures
-        failures[reason] += 1
+        self.failures[no_match.reason] += 1
         start = no_match.seen[:_LOGGED_BYTES]
-        what = f"after {len(no_match.seen)} byte(s) {start!r}{'...' if len(no_match.seen) > len(start) else ''}"
-        if reason is Unmatched.CLOSED:  # port scans, TCP health checks: not worth a warning
-            log.debug("multiplex on %s: %s closed %s, before a match", self.where, describe_peer(address), what)
-            return
-        # A flood must not flood the log: one WARNING per reason per interval.
-        now = time.monotonic()
-        last = self._warned.get(reason)
-        if last is None or now - last[0] >= self.warning_interval:
-            unlogged = failures[reason] - 1 - (last[1] if last is not None else 0)
-            self._warned[reason] = (now, failures[reason])
-            since = f"; {unlogged} more since the last warning" if unlogged else ""
-            log.warning("multiplex on %s: no service matched %s from %s (%s): closed (every one is counted; at "
-                        "most one warning per reason every %.0f s%s)", self.where, what, describe_peer(address),
-                        reason.value, self.warning_interval, since)  # fmt: skip
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug("multiplex on %s: no service matched %s from %s (%s): closed", self.where, what,
-                      describe_peer(address), reason.value)  # fmt: skip
+        ellipsis = "..." if len(no_match.seen) > len(start) else ""
+        message = f"no service matched after {len(no_match.seen)} byte(s) {start!r}{ellipsis}"
+        self._refusals.refused(no_match.reason.value, message, address)

@@ -14,7 +14,6 @@ closed (both sides, with a FIN).
 """
 
 import logging
-import signal
 import socket
 import struct
 import time
@@ -26,15 +25,11 @@ import gevent.pool
 import gevent.socket
 from gevent.server import StreamServer
 
+from ._policy import DEFAULT_CONNECT_TIMEOUT, DEFAULT_GRACE_PERIOD, describe_peer
 from ._sending import header_for
-from ._socket import describe_peer
+from ._server import serve_until_signal
 
 log = logging.getLogger("gevent_proxyproto")
-
-#: Seconds to connect to the upstream (HAProxy's ``timeout connect``).
-DEFAULT_CONNECT_TIMEOUT = 5.0
-#: Seconds open connections get after SIGTERM/SIGINT (as ``serve``'s ``grace_period``).
-DEFAULT_GRACE_PERIOD = 10.0
 #: Bytes read at once in each direction.
 _CHUNK = 65536
 #: ``SO_LINGER`` on, with 0 seconds: ``close()`` sends a reset and drops unsent data.
@@ -134,39 +129,27 @@ class ProxyRelay(StreamServer):  # type: ignore[misc]
             log.warning("%d connection(s) still open after the grace period: closing them", len(self.connections))
             self.connections.kill(timeout=1)
 
+    def close_connections(self) -> int:
+        """End every open connection now (both sides); returns how many there were."""
+        count = len(self.connections)
+        self.connections.kill(block=False)
+        return count
+
     def serve_until_signal(
         self, grace_period: float = DEFAULT_GRACE_PERIOD, on_ready: Callable[[], None] | None = None
     ) -> None:
         """Start, serve until SIGTERM or SIGINT (or :meth:`stop`), then shut down gracefully.
 
         On the first signal the relay stops accepting and open connections get
-        ``grace_period`` seconds to finish; a second signal ends them at once.
-        ``on_ready`` is called once the relay listens and the signals are handled.
+        ``grace_period`` seconds to finish; a second signal ends them at once
+        (as ``serve`` does). ``on_ready`` is called once the relay listens and
+        the signals are handled.
         """
         if not self.started:
             self.start()
-        stopping: list[gevent.Greenlet] = []
-
-        def on_signal(number: int) -> None:
-            if stopping:
-                log.info("%s again: closing %d open connection(s) now", signal.Signals(number).name,
-                         len(self.connections))  # fmt: skip
-                self.connections.kill(block=False)
-                return
-            log.info("%s: no longer accepting; open connections have %.1f s", signal.Signals(number).name,
-                     grace_period)  # fmt: skip
-            stopping.append(gevent.spawn(self.stop, grace_period))
-
-        handlers = [gevent.signal_handler(number, on_signal, number) for number in (signal.SIGTERM, signal.SIGINT)]
-        try:
-            if on_ready is not None:
-                on_ready()
-            self._stop_event.wait()  # set by close(), as BaseServer.serve_forever waits
-            for stopper in stopping:
-                stopper.join()
-        finally:
-            for handler in handlers:
-                handler.cancel()
+        # _stop_event: set by close(), as BaseServer.serve_forever waits on it.
+        serve_until_signal(lambda: self.stop(grace_period), self.close_connections, self._stop_event,
+                           lambda: grace_period, on_ready)  # fmt: skip
 
 
 class _Activity:

@@ -4,24 +4,28 @@
 header is read in the connection's own greenlet, where gevent does its TLS
 handshake too (``wrap_socket_and_handle``). Then ``handle(sock, address)`` runs
 with the proxied address. Header first, TLS second, under one deadline.
+
+The per-connection functions serve any :class:`ProxyServer` (the interface
+ProxyStreamServer, ProxyWSGIServer and the StreamServers patched by
+``gevent_proxyproto.monkey`` share). :func:`serve_until_signal` is how the
+dispatcher, ``serve`` and the relay stop on SIGTERM/SIGINT.
 """
 
 import functools
-import logging
+import signal
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import gevent
+import gevent.queue
 from gevent.server import StreamServer
 
-from ._errors import ProxyProtocolError
+from ._errors import ProxyProtocolError, Reason
 from ._model import ProxyHeader
-from ._socket import ProxyPolicy, ProxySocket, RefusalLog, describe_peer, health_check_ended, is_health_check
-
-log = logging.getLogger("gevent_proxyproto")
-
-_POLICY_FIELDS = ("trusted_proxies", "header_timeout", "max_header_size", "untrusted", "allow_v4_in_tcp6")
+from ._policy import ProxyPolicy, RefusalLog, describe_peer, log, policy_from_keywords
+from ._socket import ProxySocket, health_check_ended, is_health_check
 
 
 def _wrap_with_ssl_args(sock: Any, **ssl_args: Any) -> Any:
@@ -58,21 +62,24 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         policy: ProxyPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        init_proxy_state(self, policy, kwargs)
+        init_proxy_state(self, policy_from_keywords(policy, kwargs))
         super().__init__(listener, handle=handle, backlog=backlog, spawn=spawn, **kwargs)
 
-    # Set by init_proxy_state.
-    _refusals: RefusalLog
-    _tls_refusals: RefusalLog
+    # The ProxyServer attributes, set by init_proxy_state.
+    policy: ProxyPolicy
+    failures: "Counter[Reason]"
+    tls_failures: int
+    refusals: RefusalLog
+    tls_refusals: RefusalLog
 
     @property
     def warning_interval(self) -> float:
         """Seconds between two WARNING lines about refusals of one reason (60); all are counted."""
-        return self._refusals.interval
+        return self.refusals.interval
 
     @warning_interval.setter
     def warning_interval(self, seconds: float) -> None:
-        self._refusals.interval = self._tls_refusals.interval = seconds
+        self.refusals.interval = self.tls_refusals.interval = seconds
 
     def init_socket(self) -> None:
         super().init_socket()
@@ -82,46 +89,61 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         return accept_connection(self)
 
 
-# The per-connection logic of a PROXY StreamServer, shared by ProxyStreamServer
-# and the StreamServers that gevent_proxyproto.monkey turns into PROXY servers.
-# `server` is a StreamServer with the attributes ProxyStreamServer defines:
-# policy, failures, tls_failures, _where, _refusals, _tls_refusals.
+class ProxyServer(Protocol):
+    """What the per-connection functions below need of a server: a gevent StreamServer plus these.
 
-
-def init_proxy_state(server: Any, policy: ProxyPolicy | None, kwargs: dict[str, Any]) -> None:
-    """Give ``server`` the attributes a PROXY server has, its policy taken from ``policy`` or ``kwargs``.
-
-    The policy fields are popped from ``kwargs``; the rest is for the server class.
-
-    Raises:
-        TypeError: both ``policy`` and some of its fields were given.
+    :class:`ProxyStreamServer` and ``ProxyWSGIServer`` have them from
+    :func:`init_proxy_state` in their constructor; ``gevent_proxyproto.monkey``
+    calls it on the StreamServers it turns into PROXY servers.
     """
-    policy_fields = {name: kwargs.pop(name) for name in _POLICY_FIELDS if name in kwargs}
-    if policy is not None and policy_fields:
-        raise TypeError(f"give policy= or its fields, not both: {sorted(policy_fields)}")
+
     #: How this server treats its connections.
-    server.policy = policy if policy is not None else ProxyPolicy(**policy_fields)
+    policy: ProxyPolicy
     #: Connections refused before the handler, by :class:`Reason`.
-    server.failures = Counter()
+    failures: "Counter[Reason]"
     #: Connections whose TLS handshake (after a valid header) failed.
+    tls_failures: int
+    #: The log lines of refused headers; its ``where`` is the listening address.
+    refusals: RefusalLog
+    #: The log lines of failed TLS handshakes.
+    tls_refusals: RefusalLog
+    # gevent's StreamServer attributes, used as gevent uses them.
+    socket: Any
+    address: Any
+    ssl_args: Any  # None: no TLS
+    wrap_socket: Any
+    handle: Any
+    _handle: Any
+
+
+def init_proxy_state(server: Any, policy: ProxyPolicy) -> ProxyServer:
+    """Give ``server`` (a gevent StreamServer) the :class:`ProxyServer` attributes; returns it.
+
+    The counters start at zero. Before ``init_socket``: :func:`read_headers_first` completes it.
+    """
+    server.policy = policy
+    server.failures = Counter()
     server.tls_failures = 0
-    server._where = "?"
-    server._refusals = RefusalLog("PROXY header refused")
-    server._tls_refusals = RefusalLog("TLS handshake failed")
+    server.refusals = RefusalLog("PROXY header refused")
+    server.tls_refusals = RefusalLog("TLS handshake failed")
+    return server  # type: ignore[no-any-return]
 
 
-def read_headers_first(server: Any) -> None:
+def read_headers_first(server: ProxyServer) -> None:
     """Route a StreamServer's connections through the header, then TLS, then its handler.
 
     Called after ``StreamServer.init_socket``, which chose ``handle`` or
     ``wrap_socket_and_handle``: both now come after the header. The server's
     ``do_read`` must build :class:`ProxySocket` connections
-    (:func:`accept_connection`).
+    (:func:`accept_connection`). Installs StartTLS support (see
+    :func:`~gevent_proxyproto._tls_hook.install_starttls`): any handler may
+    upgrade its connection itself, and ``gevent.ssl`` may be imported now,
+    the server starting after any ``patch_all()``.
     """
-    if server.ssl_args is not None:
-        from . import _tls_hook  # gevent.ssl: only for a TLS server
+    from ._tls_hook import install_starttls
 
-        _tls_hook.install()
+    install_starttls()
+    if server.ssl_args is not None:
         import gevent.ssl
 
         if server.wrap_socket is gevent.ssl.wrap_socket:  # ssl arguments, not an ssl_context
@@ -130,14 +152,10 @@ def read_headers_first(server: Any) -> None:
     # server.handle, and a graceful stop lets every accepted connection finish,
     # even one whose greenlet has not started yet.
     server._handle = functools.partial(_handshake_and_handle, server, server.handle)
-    server._where = describe_peer(server.address)
-    for attribute, what in (("_refusals", "PROXY header refused"), ("_tls_refusals", "TLS handshake failed")):
-        if attribute not in server.__dict__:  # a StreamServer that gevent_proxyproto.monkey turned into a PROXY one
-            setattr(server, attribute, RefusalLog(what))
-        getattr(server, attribute).where = server._where
+    server.refusals.where = server.tls_refusals.where = describe_peer(server.address)
 
 
-def accept_connection(server: Any) -> tuple[ProxySocket, Any] | None:
+def accept_connection(server: ProxyServer) -> tuple[ProxySocket, Any] | None:
     """``do_read`` for a PROXY server: accept (never block, this runs in the hub), read nothing."""
     listener = server.socket
     try:
@@ -149,16 +167,16 @@ def accept_connection(server: Any) -> tuple[ProxySocket, Any] | None:
     return ProxySocket(listener.family, listener.type, listener.proto, fileno=fd), address
 
 
-def _handshake_and_handle(server: Any, handle: Any, client: ProxySocket, real_peer: Any) -> Any:
+def _handshake_and_handle(server: ProxyServer, handle: Any, client: ProxySocket, real_peer: Any) -> Any:
     policy = server.policy
     deadline = time.monotonic() + policy.header_timeout
     try:
         header = client.handshake(real_peer, policy, deadline)
     except ProxyProtocolError as error:
         server.failures[error.reason] += 1
-        server._refusals.refused(error.reason.value, error.message, real_peer)
+        server.refusals.refused(error.reason.value, error.message, real_peer)
         return None  # the server's do_close closes the socket
-    if health_check_ended(client, header, real_peer, server._where):
+    if health_check_ended(client, header, real_peer, server.refusals.where):
         return None  # the server's do_close closes the socket
     # The accepted address, not a new getpeername(): a health check may
     # already have reset the connection.
@@ -172,7 +190,7 @@ def _handshake_and_handle(server: Any, handle: Any, client: ProxySocket, real_pe
         return _call_handler(server, handle, tls, address, header, real_peer)
 
 
-def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
+def _tls_handshake(server: ProxyServer, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
     saved_timeout = client.timeout
     remaining = max(deadline - time.monotonic(), 0.001)
     # The socket's timeout bounds each wait of the handshake, not all of it: a
@@ -185,19 +203,84 @@ def _tls_handshake(server: Any, client: ProxySocket, real_peer: Any, deadline: f
             tls = server.wrap_socket(client, **server.ssl_args)
     except (OSError, ValueError) as error:  # ssl.SSLError and socket.timeout are OSErrors
         server.tls_failures += 1
-        server._tls_refusals.refused("TLS", str(error), real_peer)
+        server.tls_refusals.refused("TLS", str(error), real_peer)
         return None
     tls.timeout = saved_timeout
     return tls
 
 
-def _call_handler(server: Any, handle: Any, sock: Any, address: Any, header: ProxyHeader | None, real_peer: Any) -> Any:
+def _call_handler(
+    server: ProxyServer, handle: Any, sock: Any, address: Any, header: ProxyHeader | None, real_peer: Any
+) -> Any:
     try:
         return handle(sock, address)
     except OSError as error:
         # A proxy's health check hangs up or resets once it has its
         # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
         if is_health_check(header, real_peer):  # only worth working out here
-            log.debug("health check from %s on %s ended: %s", describe_peer(address), server._where, error)
+            log.debug("health check from %s on %s ended: %s", describe_peer(address), server.refusals.where, error)
             return None
         raise
+
+
+# -- serving until a signal: the dispatcher, `serve` in one process, the relay ----------------------
+
+#: What stops a server: the first one gracefully, a second one at once.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def serve_until_signal(
+    stop: Callable[[], None],
+    close_connections: Callable[[], int],
+    stopped: Any,
+    grace_period: Callable[[], float],
+    on_ready: Callable[[], None] | None = None,
+    on_hangup: Callable[[], None] | None = None,
+) -> None:
+    """Serve (already started) until SIGTERM or SIGINT, or until ``stopped`` is set; then return once stopped.
+
+    The first SIGTERM or SIGINT is logged and runs ``stop`` in a greenlet: it
+    stops accepting, gives open connections ``grace_period()`` seconds, then
+    ends the rest. A second SIGTERM or SIGINT, while they drain, ends them at
+    once (``close_connections``, which returns how many it closes). The
+    dispatcher (:meth:`Dispatcher.serve_forever`), ``serve`` in one process
+    and the relay (:meth:`ProxyRelay.serve_until_signal`) all stop this way.
+
+    Args:
+        stop: the graceful stop; returns once every connection has ended.
+        close_connections: ends every open connection now; returns how many there were.
+        stopped: an event (``wait()``), set when the server stops without a
+            signal (its ``stop()`` called by other code) or by ``stop``.
+        grace_period: the seconds ``stop`` gives, for the log line.
+        on_ready: called once the signals are handled.
+        on_hangup: called (in this greenlet) on SIGHUP; None leaves SIGHUP alone.
+    """
+    events: gevent.queue.Queue[int | None] = gevent.queue.Queue()
+    numbers = (*STOP_SIGNALS, signal.SIGHUP) if on_hangup is not None else STOP_SIGNALS
+    handlers = [gevent.signal_handler(number, events.put, number) for number in numbers]
+    watcher = gevent.spawn(stopped.wait)
+    watcher.link(lambda _: events.put(None))
+    stopper: gevent.Greenlet | None = None
+    try:
+        if on_ready is not None:
+            on_ready()
+        while True:
+            number = events.get()
+            if number is None:  # stopped, or the graceful stop has finished
+                if stopper is None or stopper.ready():
+                    return
+            elif number == signal.SIGHUP:
+                assert on_hangup is not None
+                on_hangup()
+            elif stopper is None:
+                log.info("%s: no longer accepting; open connections have %.1f s", signal.Signals(number).name,
+                         grace_period())  # fmt: skip
+                stopper = gevent.spawn(stop)
+                stopper.link(lambda _: events.put(None))
+            else:
+                log.info("%s again: closing %d open connection(s) now", signal.Signals(number).name,
+                         close_connections())  # fmt: skip
+    finally:
+        for handler in handlers:
+            handler.cancel()
+        watcher.kill(block=False)

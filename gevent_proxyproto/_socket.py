@@ -7,16 +7,15 @@ exactly, its length known from the preamble. A greenlet waiting for the rest of
 a header sleeps on the socket, never spins, and one deadline bounds the whole
 header.
 
-It imports neither ``ssl`` nor ``gevent.ssl`` until a connection completes a
-handshake: a program may import it before ``gevent.monkey.patch_all()``.
+It imports neither ``ssl`` nor ``gevent.ssl`` until a listening ProxySocket
+starts accepting: a program may import it before ``gevent.monkey.patch_all()``.
+The policy and the refusal logging are in ``_policy.py``.
 """
 
 import errno
-import logging
 import socket as _stdlib_socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -36,21 +35,20 @@ from ._errors import (
 )
 from ._model import Address, Command, ProxyHeader
 from ._parser import parse
-from ._trust import LOOPBACK, TrustedProxies
+from ._policy import (
+    DEFAULT_MAX_HEADER_SIZE,
+    POLICY_FIELDS,
+    UNTRUSTED_DIRECT,
+    ProxyPolicy,
+    RefusalLog,
+    describe_peer,
+    log,
+    policy_from_keywords,
+)
 
-log = logging.getLogger("gevent_proxyproto")
-
-#: Seconds for the whole header; the spec asks for at least 3 (one TCP retransmit).
-DEFAULT_HEADER_TIMEOUT = 5.0
-#: Largest header accepted, in bytes. HAProxy's v2 headers with every TLV it
-#: can send (SSL details, 255-byte authority, 128-byte unique id) stay well
-#: under 1 KiB; client certificates can take a few KiB more.
-DEFAULT_MAX_HEADER_SIZE = 16384
 #: Handshakes a listening ProxySocket runs at once (headers being read plus
 #: connections ready but not yet accepted).
 DEFAULT_MAX_PENDING = 1024
-#: Seconds between two WARNING lines about refusals of the same reason.
-DEFAULT_WARNING_INTERVAL = 60.0
 
 #: One peek reads this much: every v1 line (107 bytes) and most v2 headers,
 #: so a header that arrived in one segment costs one peek and one exact read.
@@ -58,49 +56,6 @@ _PEEK_SIZE = 512
 _MSG_PEEK = _stdlib_socket.MSG_PEEK
 _monotonic = time.monotonic
 _AF_INET6 = _stdlib_socket.AF_INET6
-
-#: What the ``untrusted`` policy may say about a source not in trusted_proxies.
-UNTRUSTED_REJECT = "reject"
-UNTRUSTED_DIRECT = "direct"
-
-
-@dataclass(frozen=True)
-class ProxyPolicy:
-    """How a PROXY port treats its connections.
-
-    Args:
-        trusted_proxies: networks allowed to send headers (a
-            :class:`TrustedProxies` or CIDR strings); default loopback only,
-            ``["*"]`` trusts everyone.
-        header_timeout: seconds for the whole header (and a TLS handshake
-            after it).
-        max_header_size: the largest header accepted, in bytes.
-        untrusted: ``"reject"`` (default) closes connections from other
-            sources without reading; ``"direct"`` is HAProxy's ``expect-proxy
-            layer4 if <acl>``: other sources connect directly, send no header
-            and keep their real addresses. Nothing is ever sniffed.
-        allow_v4_in_tcp6: accept the IPv4 addresses nginx relays write in v1
-            ``TCP6`` lines.
-    """
-
-    trusted_proxies: Any = LOOPBACK
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT
-    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
-    untrusted: str = UNTRUSTED_REJECT
-    allow_v4_in_tcp6: bool = False
-    trusted: TrustedProxies = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        trusted = self.trusted_proxies
-        if not isinstance(trusted, TrustedProxies):
-            trusted = TrustedProxies(LOOPBACK if trusted is None else trusted)
-        object.__setattr__(self, "trusted", trusted)
-        if self.untrusted not in (UNTRUSTED_REJECT, UNTRUSTED_DIRECT):
-            raise ValueError(f"untrusted must be 'reject' or 'direct', not {self.untrusted!r}")
-        if not self.header_timeout > 0:
-            raise ValueError(f"header_timeout must be positive, not {self.header_timeout!r}")
-        if self.max_header_size < 16:
-            raise ValueError(f"max_header_size must hold a v2 preamble (16 bytes), not {self.max_header_size!r}")
 
 
 def read_header(
@@ -217,21 +172,6 @@ def _recv_exactly(sock: Any, count: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
-def _ip_shape(family: int, address: Address) -> Any:
-    """The socket module's shape for an address of ``family``."""
-    if family == _stdlib_socket.AF_INET6 and isinstance(address, tuple):
-        return (address[0], address[1], 0, 0)
-    return address
-
-
-def describe_peer(address: Any) -> str:
-    """A peer address as one log-friendly token."""
-    if isinstance(address, tuple):
-        host = address[0]
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return repr(address) if address else "unix-socket"
-
-
 class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
     """A gevent socket whose connections carry a PROXY header.
 
@@ -243,10 +183,16 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
     connections); :meth:`real_peername` and :meth:`real_sockname` always
     report the real ones, and :attr:`proxy_header` is the parsed header.
 
+    A handler that upgrades a connection itself (StartTLS) keeps the proxied
+    addresses once :func:`~gevent_proxyproto._tls_hook.install_starttls` has
+    run: a listening ProxySocket runs it at its first :meth:`accept`; a
+    program that calls :meth:`handshake` on connections it accepted itself
+    sets ``context.sslsocket_class = ProxySSLSocket`` on its context instead.
+
     Args:
         family, type, proto, fileno: as for :class:`gevent.socket.socket`.
         policy: a :class:`ProxyPolicy`; or its fields as keyword arguments
-            (``trusted_proxies``, ``header_timeout``, ...).
+            (``trusted_proxies``, ``header_timeout``, ...), not both.
         max_pending: handshakes run at once by :meth:`accept`; at the cap, a
             new connection evicts the oldest one still waiting for its
             header (counted as ``TIMEOUT``).
@@ -265,12 +211,17 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
         max_pending: int = DEFAULT_MAX_PENDING,
         **policy_fields: Any,
     ) -> None:
+        # None: the default policy (ProxyPolicy()); gevent_proxyproto.monkey's subclass: a plain socket.
+        # Decided before the socket exists: a mistake leaks no file descriptor.
+        policy = policy_from_keywords(policy, policy_fields) if policy is not None or policy_fields else None
+        if policy_fields:  # what is left is not a policy field
+            raise TypeError(f"unexpected keyword argument(s) {sorted(policy_fields)}; the policy's are {POLICY_FIELDS}")
         super().__init__(family, type, proto, fileno)
         #: The parsed header; None before the handshake and for direct connections.
         self.proxy_header: ProxyHeader | None = None
         self._peer: Address | None = None
         self._local: Address | None = None
-        self._policy = policy if policy is not None else ProxyPolicy(**policy_fields) if policy_fields else None
+        self._policy = policy
         self._max_pending = max_pending
         self._acceptor: _Acceptor | None = None
 
@@ -291,6 +242,13 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
     def real_sockname(self) -> Any:
         """The real local address of this connection."""
         return self._sock.getsockname()
+
+    def proxied_addresses(self) -> tuple[Any, Any]:
+        """``(peer, local)`` as the header gives them; ``(None, None)`` when it gives none (or no header yet).
+
+        What a TLS socket built over this connection reports (:class:`ProxySSLSocket`).
+        """
+        return self._peer, self._local
 
     def handshake(
         self, real_peer: Any = None, policy: ProxyPolicy | None = None, deadline: float | None = None
@@ -321,8 +279,6 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
             deadline = _monotonic() + policy.header_timeout
         header = read_header(self, deadline, policy.max_header_size, policy.allow_v4_in_tcp6)
         self.adopt(header)
-        if not _starttls_enabled:
-            _enable_starttls()  # before the handler can call context.wrap_socket
         return header
 
     def adopt(self, header: ProxyHeader) -> None:
@@ -333,7 +289,7 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
         if peer is None or local is None:
             return
         if header.family == _AF_INET6 and isinstance(peer, tuple) and isinstance(local, tuple):
-            # The socket module's shape for AF_INET6 addresses (what _ip_shape does, inline).
+            # The socket module's shape for AF_INET6 addresses (what _policy.socket_address does, inline).
             peer, local = (peer[0], peer[1], 0, 0), (local[0], local[1], 0, 0)
         self._peer = peer
         self._local = local
@@ -363,6 +319,9 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
         policy = self._listening_policy()
         if policy is None:
             return None
+        from ._tls_hook import install_starttls  # gevent.ssl: listening now, after any patch_all()
+
+        install_starttls()  # before a handler can upgrade an accepted connection
         self._acceptor = _Acceptor(self, policy, self._max_pending)
         return self._acceptor
 
@@ -391,76 +350,6 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
 
 
 _DEFAULT_POLICY = ProxyPolicy()
-_starttls_enabled = False
-
-
-def _enable_starttls() -> None:
-    # Deferred to the first handshake: gevent.ssl imports ssl, which a
-    # program may only import after gevent.monkey.patch_all().
-    global _starttls_enabled
-    from ._tls_hook import install
-
-    install()
-    _starttls_enabled = True
-
-
-class RefusalLog:
-    """The log lines for refused connections or datagrams: a flood cannot flood the log.
-
-    Per reason, the first refusal in ``interval`` seconds is logged at WARNING
-    and the others at DEBUG; at the end of an interval in which some were held
-    back, one WARNING says how many. Closed-before-a-byte connections (port
-    scans, a proxy's plain TCP checks) are only ever worth a DEBUG line. The
-    callers count every refusal in their ``failures``.
-
-    Args:
-        what: the start of each line, e.g. ``"PROXY header refused"``.
-        where: the listening address, as :func:`describe_peer` writes it.
-        interval: seconds between two WARNING lines of one reason.
-    """
-
-    def __init__(self, what: str, where: str = "?", interval: float = DEFAULT_WARNING_INTERVAL) -> None:
-        self.what = what
-        self.where = where
-        self.interval = interval
-        #: Reason -> when its last WARNING line was written.
-        self._warned_at: dict[str, float] = {}
-        #: Reason -> refusals held back at DEBUG since its last WARNING line.
-        self._held_back: Counter[str] = Counter()
-        self._report_timer: Any = None
-
-    def refused(self, reason: str, message: str, real_peer: Any) -> None:
-        """Log one refusal of ``reason`` from ``real_peer``, at most once per interval at WARNING."""
-        if reason in _QUIET_REASONS:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s from %s on %s: %s: %s", self.what, describe_peer(real_peer), self.where, reason, message)
-            return
-        now = _monotonic()
-        warned_at = self._warned_at.get(reason)
-        if warned_at is None or now - warned_at >= self.interval:
-            self._warned_at[reason] = now
-            log.warning("%s from %s on %s: %s: %s (at most one warning per reason every %g s; all are counted)",
-                        self.what, describe_peer(real_peer), self.where, reason, message, self.interval)  # fmt: skip
-            return
-        self._held_back[reason] += 1
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s from %s on %s: %s: %s", self.what, describe_peer(real_peer), self.where, reason, message)
-        if self._report_timer is None:
-            # Report at the end of this reason's interval; ref=False: a pending
-            # report never keeps the event loop (and so a program) alive.
-            timer = gevent.get_hub().loop.timer(max(warned_at + self.interval - now, 0.0), 0, ref=False)
-            timer.start(self._report_held_back)
-            self._report_timer = timer
-
-    def _report_held_back(self) -> None:
-        self._report_timer = None
-        held_back, self._held_back = self._held_back, Counter()
-        for reason, count in sorted(held_back.items()):
-            log.warning("%s on %s: suppressed %d more %s since the last warning", self.what, self.where, count, reason)
-
-
-#: Refusals that name no defect: a connection closed before or during its header.
-_QUIET_REASONS = frozenset((Reason.EMPTY.value, Reason.ABORT.value))
 
 
 def is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
@@ -652,4 +541,4 @@ class _Stopped(OSError):
     """accept() on a ProxySocket closed meanwhile."""
 
 
-__all__ = ["Command", "ProxyPolicy", "ProxySocket", "read_header"]
+__all__ = ["Command", "ProxySocket", "read_header"]

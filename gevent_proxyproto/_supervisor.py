@@ -39,12 +39,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.monkey
 import gevent.os
 import gevent.queue
 
 from ._config import ConfigError, DispatcherConfig
 from ._dispatch import Dispatcher, StartupError, _listen
+from ._server import STOP_SIGNALS, serve_until_signal
 
 log = logging.getLogger("gevent_proxyproto")
 
@@ -60,7 +62,6 @@ HEALTHY_LIFETIME = 10.0
 #: Reads the configuration again, for SIGHUP; raises ConfigError.
 ConfigLoader = Callable[[], DispatcherConfig]
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: The stdlib's close: ``serve`` patches in gevent's, which closes a pipe only
 #: on a later turn of the event loop; a worker must have dropped the
 #: supervisor's end of the death pipe before anything else, or never sees EOF.
@@ -129,42 +130,49 @@ def serve_in_process(config: DispatcherConfig, load: ConfigLoader) -> int:
 
     A reload starts a new :class:`Dispatcher` on the same listening sockets
     (new ports bound, removed ones closed) and lets the old one drain for its
-    ``grace_period``: no connection is refused or cut.
+    ``grace_period``: no connection is refused or cut. A stop is
+    :func:`~gevent_proxyproto._server.serve_until_signal`'s: a second
+    SIGTERM or SIGINT closes the open connections at once.
 
     Raises:
         ConfigError, StartupError: the first start failed; nothing is left listening.
     """
-    signals = gevent.queue.Queue()
-    handlers = [gevent.signal_handler(number, signals.put, number) for number in (*_STOP_SIGNALS, signal.SIGHUP)]
     listeners = ListenerSet()
-    draining: list[gevent.Greenlet] = []
     try:
         current = _start_dispatcher(config, listeners)
-        log.info("ready: process %d serving %d port(s)", os.getpid(), len(current.servers))
-        while True:
-            number = signals.get()
-            if number != signal.SIGHUP:
-                log.info("%s: no longer accepting; open connections have %.1f s", signal.Signals(number).name,
-                         current.config.grace_period)  # fmt: skip
-                listeners.close_all()  # the ports stop listening now, not after the drain
-                current.stop()
-                gevent.joinall(draining)
-                return 0
+        draining: list[tuple[Dispatcher, gevent.Greenlet]] = []
+        stopped = gevent.event.Event()
+
+        def say_ready() -> None:
+            log.info("ready: process %d serving %d port(s)", os.getpid(), len(current.servers))
+
+        def stop() -> None:
+            listeners.close_all()  # the ports stop listening now, not after the drain
+            current.stop()
+            gevent.joinall([drain for _, drain in draining])
+            stopped.set()
+
+        def close_connections() -> int:
+            return sum(dispatcher.close_connections() for dispatcher in (current, *(old for old, _ in draining)))
+
+        def reload() -> None:
+            nonlocal current
             try:
                 replacement = _start_dispatcher(load(), listeners)
             except (ConfigError, StartupError) as error:
                 listeners.keep_only([current.config])
                 log.error("SIGHUP: the configuration was not reloaded, the old one keeps serving: %s", error)
-                continue
+                return
             log.info("SIGHUP: configuration reloaded; the old one's open connections have %.1f s",
                      current.config.grace_period)  # fmt: skip
-            draining.append(gevent.spawn(current.stop))
+            draining.append((current, gevent.spawn(current.stop)))
             current = replacement
             listeners.keep_only([current.config])
-            log.info("ready: process %d serving %d port(s)", os.getpid(), len(current.servers))
+            say_ready()
+
+        serve_until_signal(stop, close_connections, stopped, lambda: current.config.grace_period, say_ready, reload)
+        return 0
     finally:
-        for handler in handlers:
-            handler.cancel()
         listeners.close_all()
 
 
@@ -242,7 +250,7 @@ class Supervisor:
         ready_watcher.start(self._on_ready_pipe)
         handlers = [
             gevent.signal_handler(number, self._events.put, ("signal", number))
-            for number in (*_STOP_SIGNALS, signal.SIGHUP)
+            for number in (*STOP_SIGNALS, signal.SIGHUP)
         ]
         self._parent_only = [ready_watcher, *handlers]
         try:
@@ -395,6 +403,11 @@ class Supervisor:
 
     def _stop(self, number: int) -> None:
         if self._stopping:
+            # serve_until_signal's second signal, passed on: each worker closes its connections now.
+            log.info("%s again: %d worker(s) close their open connections now", signal.Signals(number).name,
+                     len(self.workers))  # fmt: skip
+            for worker in self.workers.values():
+                _terminate(worker.pid)
             return
         self._stopping = True
         self.listeners.close_all()  # the ports stop listening once the workers stop accepting

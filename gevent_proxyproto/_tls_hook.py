@@ -1,7 +1,8 @@
 """TLS over PROXY connections: the TLS socket keeps the proxied addresses.
 
 gevent builds a TLS socket from a fresh object on the same file descriptor, so
-what a :class:`ProxySocket` knows must be handed over. :func:`install` makes
+what a :class:`ProxySocket` knows must be handed over
+(:meth:`ProxySocket.proxied_addresses`). :func:`install_starttls` makes
 gevent's ``SSLContext.wrap_socket`` build :class:`ProxySSLSocket`, which
 behaves exactly like ``gevent.ssl.SSLSocket`` for any other socket; a handler
 that upgrades its own connection (StartTLS) then still sees the client's
@@ -16,9 +17,6 @@ from typing import Any
 import gevent.ssl
 
 _log = logging.getLogger("gevent_proxyproto")
-
-#: True once gevent's SSLContext builds ProxySSLSocket.
-installed = False
 
 
 class ProxySSLSocket(gevent.ssl.SSLSocket):  # type: ignore[misc]
@@ -38,8 +36,9 @@ class ProxySSLSocket(gevent.ssl.SSLSocket):  # type: ignore[misc]
         # Duck-typed: a ProxySocket (or a TLS socket over one) hands over
         # what its header said before gevent detaches it.
         header = getattr(sock, "proxy_header", None)
-        peer = getattr(sock, "_peer", None) if header is not None else None
-        local = getattr(sock, "_local", None) if header is not None else None
+        peer = local = None
+        if header is not None:
+            peer, local = sock.proxied_addresses()
         super().__init__(sock, *args, **kwargs)
         self.proxy_header = header
         self._proxied_peer = peer
@@ -56,6 +55,10 @@ class ProxySSLSocket(gevent.ssl.SSLSocket):  # type: ignore[misc]
     def real_peername(self) -> Any:
         return self._sock.getpeername()
 
+    def proxied_addresses(self) -> tuple[Any, Any]:
+        """``(peer, local)`` as the header gives them; ``(None, None)`` when it gives none."""
+        return self.__dict__.get("_proxied_peer"), self.__dict__.get("_proxied_local")
+
     def real_sockname(self) -> Any:
         return self._sock.getsockname()
 
@@ -67,12 +70,20 @@ def _is_listening(sock: Any) -> bool:
         return False
 
 
-def install() -> None:
-    """Make gevent's ``SSLContext.wrap_socket`` build :class:`ProxySSLSocket` (idempotent)."""
-    global installed
-    # A handler that upgrades its connection itself (StartTLS) calls
-    # context.wrap_socket(sock): gevent builds the TLS socket from the
-    # context's sslsocket_class, so that is where the addresses are carried.
+def install_starttls() -> None:
+    """Make gevent's ``SSLContext.wrap_socket`` build :class:`ProxySSLSocket` (idempotent).
+
+    A handler that upgrades its own connection (StartTLS) calls
+    ``context.wrap_socket(sock)``: gevent builds the TLS socket from the
+    context's ``sslsocket_class``, so that is where the addresses are carried.
+    Called explicitly where PROXY connections start, never at import: by a
+    PROXY gevent server's ``init_socket`` (``ProxyStreamServer``,
+    ``ProxyWSGIServer``, the dispatcher's proxy ports, gunicorn workers, gevent
+    servers patched by ``monkey.patch()``), by a listening ProxySocket's first
+    ``accept()``, by a Multiplexer with TLS routes, and by ``monkey.patch()``.
+    A program that reads headers with ``ProxySocket.handshake()`` on
+    connections it accepted itself sets ``context.sslsocket_class =
+    ProxySSLSocket`` on the contexts it upgrades them with.
+    """
     if gevent.ssl.SSLContext.sslsocket_class is gevent.ssl.SSLSocket:
         gevent.ssl.SSLContext.sslsocket_class = ProxySSLSocket
-    installed = True

@@ -19,7 +19,7 @@ from gevent.server import DatagramServer
 from ._errors import InvalidHeader, ProxyProtocolError, Reason
 from ._model import Command, ProxyHeader
 from ._parser import parse
-from ._socket import DEFAULT_WARNING_INTERVAL, UNTRUSTED_DIRECT, ProxyPolicy, RefusalLog, _ip_shape, describe_peer
+from ._policy import UNTRUSTED_DIRECT, ProxyPolicy, RefusalLog, describe_peer, policy_from_keywords, socket_address
 from ._wire import V1_SIGNATURE, V2_SIGNATURE, V2_VERSION
 
 log = logging.getLogger("gevent_proxyproto")
@@ -31,7 +31,6 @@ MAX_DATAGRAM_SIZE = 65535
 #: loop: a flood of bad datagrams must not starve the other greenlets.
 _DROPS_PER_READ = 64
 
-_POLICY_FIELDS = ("trusted_proxies", "header_timeout", "max_header_size", "untrusted", "allow_v4_in_tcp6")
 _LOCAL = Command.LOCAL
 #: Byte 12 of a v2 PROXY header, and the STREAM transport nibble of byte 13.
 _V2_PROXY = V2_VERSION << 4 | Command.PROXY
@@ -120,14 +119,11 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
         self, listener: Any, handle: Any = None, spawn: Any = "default", *, policy: ProxyPolicy | None = None,
         **kwargs: Any,
     ) -> None:  # fmt: skip
-        policy_fields = {name: kwargs.pop(name) for name in _POLICY_FIELDS if name in kwargs}
-        if policy is not None and policy_fields:
-            raise TypeError(f"give policy= or its fields, not both: {sorted(policy_fields)}")
         #: How this server treats its datagrams.
-        self.policy = policy if policy is not None else ProxyPolicy(**policy_fields)
+        self.policy = policy_from_keywords(policy, kwargs)
         #: Dropped datagrams, by :class:`Reason`.
         self.failures: Counter[Reason] = Counter()
-        self._refusals = RefusalLog("UDP datagram dropped", interval=DEFAULT_WARNING_INTERVAL)
+        self._refusals = RefusalLog("UDP datagram dropped")
         self._buffer = bytearray(MAX_DATAGRAM_SIZE)
         self._view = memoryview(self._buffer)
         super().__init__(listener, handle=handle, spawn=spawn, **kwargs)
@@ -179,7 +175,7 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
             self._drop(Reason.BAD_PROTO, "AF_UNIX addresses on a UDP datagram", real_peer)
             return None
         else:
-            address = ProxiedAddress(_ip_shape(header.family, source), real_peer, header)
+            address = ProxiedAddress(socket_address(header.family, source), real_peer, header)
         return data[length:], address
 
     def _drop(self, reason: Reason, message: str, real_peer: Any) -> None:

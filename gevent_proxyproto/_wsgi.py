@@ -11,8 +11,8 @@ from typing import Any
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from ._model import Command, ProxyHeader, SSLClient
+from ._policy import ProxyPolicy, policy_from_keywords
 from ._server import accept_connection, init_proxy_state, read_headers_first
-from ._socket import ProxyPolicy
 
 #: The environ key holding the :class:`ProxyHeader` (None for a direct connection).
 HEADER_KEY = "gevent_proxyproto.header"
@@ -130,7 +130,7 @@ class ProxyWSGIServer(WSGIServer):  # type: ignore[misc]
         scheme_from_ssl_tlv: bool = True,
         **kwargs: Any,
     ) -> None:
-        init_proxy_state(self, policy, kwargs)
+        init_proxy_state(self, policy_from_keywords(policy, kwargs))
         #: Whether the SSL TLV may set ``wsgi.url_scheme`` to ``https``.
         self.scheme_from_ssl_tlv = scheme_from_ssl_tlv
         super().__init__(listener, application, *args, **kwargs)

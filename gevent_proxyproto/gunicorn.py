@@ -46,8 +46,8 @@ except ImportError as error:  # gunicorn is an optional extra
         "gevent_proxyproto.gunicorn needs gunicorn: pip install 'gevent-proxyproto[gunicorn]'", name=error.name
     ) from error
 
+from ._policy import UNTRUSTED_DIRECT, UNTRUSTED_REJECT, ProxyPolicy
 from ._server import ProxyStreamServer
-from ._socket import UNTRUSTED_DIRECT, UNTRUSTED_REJECT, ProxyPolicy
 from ._wsgi import ProxyWSGIServer, proxy_environ, with_proxy_environ
 
 ENV_HEADER_TIMEOUT = "GEVENT_PROXYPROTO_HEADER_TIMEOUT"

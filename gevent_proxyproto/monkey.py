@@ -47,7 +47,7 @@ _STREAM_SERVER = "gevent.server.StreamServer"
 @dataclass(frozen=True)
 class _Settings:
     ports: frozenset[int]
-    policy: Any  # a ProxyPolicy; its module imports gevent
+    policy: Any  # a ProxyPolicy (this module imports none of the package until patch())
 
 
 #: What patch() was given; None when not patched.
@@ -71,6 +71,7 @@ def patch(
     max_header_size: int | None = None,
     untrusted: str | None = None,
     allow_v4_in_tcp6: bool | None = None,
+    policy: Any = None,
 ) -> None:
     """Make the listeners bound to ``proxy_ports`` expect a PROXY header.
 
@@ -86,9 +87,11 @@ def patch(
         header_timeout: seconds for the whole header; default 5.
         max_header_size, untrusted, allow_v4_in_tcp6: as for
             :class:`~gevent_proxyproto.ProxyPolicy`; None keeps its default.
+        policy: a :class:`~gevent_proxyproto.ProxyPolicy`, instead of the fields.
 
     Raises:
         RuntimeError: gevent has not patched ``socket`` yet.
+        TypeError: both ``policy`` and some of its fields were given.
         ValueError: a port or setting is invalid.
     """
     global _settings, _socket_class, _selector_class, _listeners
@@ -99,7 +102,7 @@ def patch(
 
     if socket.socket is not gevent.socket.socket and not is_patched():
         raise RuntimeError("call gevent.monkey.patch_all() before gevent_proxyproto.monkey.patch()")
-    from ._socket import ProxyPolicy
+    from ._policy import policy_from_keywords
 
     given = {
         "trusted_proxies": trusted_proxies,
@@ -108,8 +111,8 @@ def patch(
         "untrusted": untrusted,
         "allow_v4_in_tcp6": allow_v4_in_tcp6,
     }
-    fields = {name: value for name, value in given.items() if value is not None}
-    _settings = _Settings(ports, ProxyPolicy(**fields))
+    _settings = _Settings(ports, policy_from_keywords(policy, {name: value for name, value in given.items()
+                                                                 if value is not None}))  # fmt: skip
     import socketserver
     import weakref
 
@@ -124,9 +127,9 @@ def patch(
     _patch_item(socket, "socket", _socket_class)
     _patch_item(socketserver, "_ServerSelector", _selector_class)
     _patch_item(gevent.server.StreamServer, "init_socket", _init_stream_server_socket, owner=_STREAM_SERVER)
-    from . import _tls_hook  # ssl: patch_all() has run
+    from ._tls_hook import install_starttls  # ssl: patch_all() has run
 
-    _tls_hook.install()  # a listener wrapped in TLS gets its warning
+    install_starttls()  # handlers may upgrade connections; a listener wrapped in TLS gets its warning
 
 
 def unpatch() -> None:
@@ -203,7 +206,7 @@ def _init_stream_server_socket(server: Any) -> None:
     spawns ``_handle``. On a PROXY port both become ProxyStreamServer's.
     """
     get_original(_STREAM_SERVER, "init_socket")(server)
-    from ._server import ProxyStreamServer, accept_connection, read_headers_first
+    from ._server import ProxyStreamServer, accept_connection, init_proxy_state, read_headers_first
 
     if isinstance(server, ProxyStreamServer):
         return  # it reads headers itself
@@ -213,12 +216,12 @@ def _init_stream_server_socket(server: Any) -> None:
     policy = _proxy_policy(server.address)
     if policy is None:
         return
-    from collections import Counter
     from functools import partial
 
-    server.policy = policy
-    server.__dict__.setdefault("failures", Counter())
-    server.__dict__.setdefault("tls_failures", 0)
+    if "refusals" in server.__dict__:  # restarted: a PROXY server already, its counts go on
+        server.policy = policy
+    else:
+        init_proxy_state(server, policy)  # the ProxyServer attributes, as ProxyStreamServer's constructor
     server.do_read = partial(accept_connection, server)
     read_headers_first(server)
     pywsgi = sys.modules.get("gevent.pywsgi")
@@ -333,7 +336,7 @@ def _comma_list(text: str) -> list[str]:
 
 def _check_proxy_ports(proxy_ports: list[int]) -> None:
     """Warn when the program listens on TCP ports but on none of the PROXY ports: a typo, most likely."""
-    from ._socket import log
+    from ._policy import log
 
     listening = sorted(_listening_ports)
     wanted = ",".join(map(str, sorted(proxy_ports)))
@@ -348,25 +351,13 @@ def _check_proxy_ports(proxy_ports: list[int]) -> None:
         log.debug("port check: listening on %s; --proxy-ports %s", listening or "no TCP port yet", wanted)
 
 
-def _log_to_stderr(level: int) -> None:
-    """The runner's own lines, with time and level, leaving the program's logging configuration alone."""
-    import logging
-
-    from .__main__ import LOG_FORMAT
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logger = logging.getLogger("gevent_proxyproto")
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False  # a program that logs to stderr itself would print each line twice
-
-
 def _monkey_main(argv: list[str] | None = None) -> Any:
     """Run a program with gevent's ``patch_all()`` and :func:`patch` applied, as ``__main__``."""
     import argparse
     import os
     import runpy
+
+    from ._policy import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_SIZE  # pure: no gevent before patch_all()
 
     parser = argparse.ArgumentParser(
         prog="python -m gevent_proxyproto.monkey",
@@ -379,9 +370,17 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
         "--trusted-proxies", metavar="CIDR[,CIDR...]", help="networks allowed to send headers (default: loopback)"
     )
     parser.add_argument(
-        "--header-timeout", type=float, metavar="SECONDS", help="seconds for the whole header (default: 5)"
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"seconds for the whole header (default: {DEFAULT_HEADER_TIMEOUT:g})",
     )
-    parser.add_argument("--max-header-size", type=int, metavar="BYTES", help="larger headers are refused (16384)")
+    parser.add_argument(
+        "--max-header-size",
+        type=int,
+        metavar="BYTES",
+        help=f"larger headers are refused (default: {DEFAULT_MAX_HEADER_SIZE})",
+    )
     parser.add_argument(
         "--untrusted",
         choices=("reject", "direct"),
@@ -415,7 +414,9 @@ def _monkey_main(argv: list[str] | None = None) -> Any:
     level = getattr(logging, options.log_level, None)
     if not isinstance(level, int):
         parser.error(f"unknown log level {options.log_level!r}")
-    _log_to_stderr(level)
+    from ._policy import log_to_stderr  # the runner's own lines, leaving the program's logging alone
+
+    log_to_stderr(level)
 
     # One module whatever its name: run as __main__, this module must be the
     # one a program gets from `import gevent_proxyproto.monkey` (gevent.monkey

@@ -284,6 +284,27 @@ def test_cli_serve_shuts_down_gracefully_on_sigterm(tmp_path: Any) -> None:
     assert "SIGTERM" in process.log
 
 
+def test_cli_serve_a_second_sigterm_closes_open_connections_at_once(tmp_path: Any) -> None:
+    (proxy,) = free_ports(1)
+    process = _serve(tmp_path, f"""
+        grace_period = 60.0
+        proxy_ports = [{proxy}]
+        [proxy_port_mappings]
+        {proxy} = "whoami"
+    """)  # fmt: skip
+    with process:
+        open_connection = gevent.socket.create_connection(("127.0.0.1", proxy), timeout=5)
+        open_connection.sendall(V1_TCP4)
+        assert json.loads(read_line(open_connection))["peer"] == ["203.0.113.7", 4242]
+        process.send_signal(signal.SIGTERM)
+        wait_until(lambda: _refused(proxy))  # draining: the connection has 60 s...
+        process.send_signal(signal.SIGTERM)
+        assert read_all(open_connection) == b""  # ...but the second signal closes it now
+        open_connection.close()
+        assert process.wait(timeout=15) == 0
+    assert "SIGTERM again: closing 1 open connection(s) now" in process.log
+
+
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -63,7 +63,7 @@ def test_connections_over_max_connections_are_closed_at_once_with_one_warning(
             assert read_all(refused) == b""  # closed before any byte
     assert running.refused_connections == 3
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "refused: max_connections (2) are open" in warnings[0]
+    assert len(warnings) == 1 and ": max_connections: 2 connections are open" in warnings[0]
     first.close()
     wait_until(lambda: len(running.connections) < 2)
     with gevent.socket.create_connection(("127.0.0.1", plain), timeout=5) as third:
@@ -74,7 +74,7 @@ def test_connections_over_max_connections_are_closed_at_once_with_one_warning(
 
 
 def test_a_refusal_warning_after_the_interval_counts_the_unlogged(
-    dispatcher: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    dispatcher: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     (plain,) = free_ports(1)
     running = dispatcher(DispatcherConfig(max_connections=1, services={"e": ServiceConfig("e", "echo", (plain,))}))
@@ -84,12 +84,13 @@ def test_a_refusal_warning_after_the_interval_counts_the_unlogged(
     for _ in range(3):
         with gevent.socket.create_connection(("127.0.0.1", plain), timeout=5) as refused:
             assert read_all(refused) == b""
-    monkeypatch.setattr("gevent_proxyproto._dispatch.REFUSAL_WARNING_INTERVAL", 0.0)  # the interval has passed
+    running.warning_interval = 0.0  # the interval has passed
     with gevent.socket.create_connection(("127.0.0.1", plain), timeout=5) as refused:
         assert read_all(refused) == b""
     held.close()
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert len(warnings) == 2 and "2 more since the last warning" in warnings[1]
+    assert len(warnings) == 3 and warnings[1].endswith(": suppressed 2 more max_connections since the last warning")
+    assert ": max_connections: " in warnings[2]
     assert running.refused_connections == 4
 
 

@@ -60,3 +60,20 @@ def test_import_does_not_import_gevent() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(str(REPO / "gevent_proxyproto")), result.stdout
+
+
+def test_loading_a_configuration_does_not_import_gevent() -> None:
+    # `check` and tools that read a TOML file need no event loop: the policy is pure.
+    code = textwrap.dedent(
+        """
+        import sys
+        from gevent_proxyproto._config import config_from_mapping
+        config = config_from_mapping({"header_timeout": 3, "trusted_proxies": ["10.0.0.0/8"], "proxy_ports": [9000]})
+        assert config.policy.header_timeout == config.header_timeout == 3
+        assert ("10.1.2.3", 1) in config.policy.trusted
+        loaded = sorted(name for name in sys.modules if name == "gevent" or name.startswith("gevent."))
+        assert not loaded, loaded
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -252,7 +252,7 @@ def test_runner_options_reach_the_policy() -> None:
         ([], "the following arguments are required: --proxy-ports"),
         (["--proxy-ports", "http", "x.py"], "invalid literal"),
         (["--proxy-ports", "0", "x.py"], "a PROXY port is an int in 1..65535"),
-        (["--proxy-ports", "80", "--header-timeout", "0", "x.py"], "header_timeout must be positive"),
+        (["--proxy-ports", "80", "--header-timeout", "0", "x.py"], "header_timeout must be a positive number"),
         (["--proxy-ports", "80", "--trusted-proxies", "10.0.0.0/33", "x.py"], "10.0.0.0/33"),
     ],
     ids=["no-ports", "bad-port", "port-0", "bad-timeout", "bad-network"],

@@ -249,7 +249,7 @@ def test_no_match_by_the_deadline(multiplexed: Any, caplog: pytest.LogCaptureFix
     with connect(port, V2_TCP4 + b"<?") as client:  # could still become "<?xml": wait
         assert read_all(client) == b""
     wait_until(lambda: multiplexer.failures == {Unmatched.TIMEOUT: 1})
-    assert "no service matched after 2 byte(s) b'<?'" in caplog.text and "(timeout)" in caplog.text
+    assert "no service matched after 2 byte(s) b'<?'" in caplog.text and ": timeout: " in caplog.text
 
 
 @pytest.fixture

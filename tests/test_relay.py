@@ -366,6 +366,19 @@ def test_forward_shuts_down_gracefully_on_sigterm(tmp_path: Any) -> None:
     assert "SIGTERM" in forward.log and "Traceback" not in forward.log
 
 
+def test_forward_a_second_sigterm_closes_open_connections_at_once(tmp_path: Any) -> None:
+    with whoami_behind_forward(tmp_path, "--grace-period", "60") as (_, forward_port, forward):
+        open_connection = gevent.socket.create_connection(("127.0.0.1", forward_port), timeout=5)
+        json.loads(read_line(open_connection))
+        forward.send_signal(signal.SIGTERM)
+        wait_until(lambda: refused(("127.0.0.1", forward_port)))  # draining: the connection has 60 s...
+        forward.send_signal(signal.SIGTERM)
+        assert read_all(open_connection) == b""  # ...but the second signal closes it now
+        open_connection.close()
+        assert forward.wait() == 0
+    assert "SIGTERM again: closing 1 open connection(s) now" in forward.log
+
+
 def test_forward_idle_timeout_closes_a_silent_connection(tmp_path: Any) -> None:
     with whoami_behind_forward(tmp_path, "--idle-timeout", "0.3") as (_, forward_port, forward):
         with gevent.socket.create_connection(("127.0.0.1", forward_port), timeout=5) as client:

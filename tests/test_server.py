@@ -314,7 +314,7 @@ def test_listener_accept_survives_a_reset_between_the_header_and_the_hand_over(
             with pytest.raises(BlockingIOError):
                 listener.accept()  # nothing was handed over
             (line,) = _health_check_lines(caplog)  # one debug line, nothing louder
-            assert line.endswith(f"on {gpp._socket.describe_peer(listener.getsockname())} ended after its header")
+            assert line.endswith(f"on {gpp._policy.describe_peer(listener.getsockname())} ended after its header")
             assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert "Traceback" not in capfd.readouterr().err
 

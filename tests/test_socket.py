@@ -8,6 +8,9 @@ without slow clients delaying the others. The quick version of
 """
 
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 from typing import Any
 
@@ -309,3 +312,45 @@ class TestProxySocketListener:
         listener.close()
         with pytest.raises(OSError):
             waiter.get(timeout=2)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **keywords: gpp.ProxySocket(**keywords),
+        lambda **keywords: gpp.ProxyStreamServer(("127.0.0.1", 0), lambda sock, address: None, **keywords),
+        lambda **keywords: gpp.ProxyDatagramServer(("127.0.0.1", 0), lambda data, address: None, **keywords),
+        lambda **keywords: gpp.DispatcherConfig(**keywords),
+    ],
+    ids=["ProxySocket", "ProxyStreamServer", "ProxyDatagramServer", "DispatcherConfig"],
+)
+def test_policy_or_its_fields_never_both(make: Any) -> None:
+    # One rule everywhere: neither may silently win over the other.
+    with pytest.raises(TypeError, match=r"give policy= or its fields, not both: \['header_timeout'\]"):
+        make(policy=gpp.ProxyPolicy(), header_timeout=3.0)
+    assert make(header_timeout=3.0) is not None
+
+
+def test_starttls_support_is_installed_by_a_server_not_by_a_handshake() -> None:
+    # In a child: once installed, it stays for the rest of a process.
+    code = textwrap.dedent(
+        """
+        import socket
+        import gevent.ssl
+        import gevent_proxyproto as gpp
+        from gevent_proxyproto._tls_hook import ProxySSLSocket
+
+        ours, theirs = socket.socketpair()
+        conn = gpp.ProxySocket(ours.family, ours.type, ours.proto, fileno=ours.detach())
+        theirs.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.1 4242 443\\r\\n")
+        conn.handshake(("127.0.0.1", 1))
+        assert conn.proxied_addresses() == (("203.0.113.7", 4242), ("192.0.2.1", 443))
+        assert gevent.ssl.SSLContext.sslsocket_class is gevent.ssl.SSLSocket  # a handshake installs nothing
+        server = gpp.ProxyStreamServer(("127.0.0.1", 0), lambda sock, address: None)
+        server.start()  # a plain server: its handlers may still upgrade with context.wrap_socket
+        assert gevent.ssl.SSLContext.sslsocket_class is ProxySSLSocket
+        server.stop()
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

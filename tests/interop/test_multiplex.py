@@ -167,4 +167,4 @@ def test_no_match_is_closed_counted_and_logged(
     assert not multiplexer.routed
     [line] = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert "no service matched after 1024 byte(s) b'SSH-2.0-OpenSSH_9.2p1\\r\\n" in line
-    assert f"from {own} (buffer_full)" in line
+    assert f"from {own} on " in line and ": buffer_full: " in line  # the shape of every refusal line
