@@ -21,7 +21,7 @@ import gevent_proxyproto as gpp
 from gevent_proxyproto import read_header
 
 from . import wire
-from .support import V1_TCP4, V2_TCP4, V2_TCP6, ChunkedSocket, read_all, read_line
+from .support import V1_TCP4, V2_TCP4, V2_TCP6, ChunkedSocket, open_fds, read_all, read_line, wait_until
 
 #: Large enough that no generated header is refused for its size: read_header
 #: must then agree with parse() exactly.
@@ -293,3 +293,23 @@ class TestProxySocketListener:
         listener.close()
         with pytest.raises(OSError):
             waiter.get(timeout=2)
+
+    def test_close_before_the_handshakes_run_leaks_no_fd(self) -> None:
+        listener = self._listener()
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(50)]  # queued in the kernel
+        fds = open_fds()
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # starts the accept loop, which runs at the next yield
+        # One yield: the accept loop takes every queued connection and spawns a handshake
+        # for each, queued behind this greenlet in the hub, so none has started yet.
+        gevent.sleep(0)
+        acceptor = listener._acceptor
+        assert acceptor is not None
+        assert len(acceptor.handshakes) == len(clients) and not acceptor.waiting  # spawned, none started
+        assert open_fds() == fds + len(clients)
+        listener.close()
+        wait_until(lambda: open_fds() <= fds - 1)  # every accepted connection, and the listener
+        for client in clients:
+            assert read_all(client) == b""  # closed by the server
+            client.close()
