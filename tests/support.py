@@ -97,6 +97,19 @@ def read_all(sock: Any) -> bytes:
         chunks.append(chunk)
 
 
+def still_open(sock: Any) -> bool:
+    """Whether the server has not closed this client's connection yet (without waiting)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except ConnectionResetError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
