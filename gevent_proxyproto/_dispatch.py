@@ -303,7 +303,9 @@ def _log_failures(handler: Handler, service: str, sock: Any, address: Any) -> An
     """Run a service's handler; its exception is one ERROR with the traceback, under our logger.
 
     Not gevent's printer on stderr: the line names the service, the client
-    and (on a proxy port) the load balancer, for the operator's log.
+    and (on a proxy port) the load balancer, for the operator's log. A reset
+    or broken pipe is the client hanging up mid-service, not a bug: one DEBUG
+    line (as gunicorn's "Ignoring EPIPE"), whichever handler met it.
     """
     real_peername = getattr(sock, "real_peername", None)  # a proxy port's
     hung_up = False
@@ -317,6 +319,9 @@ def _log_failures(handler: Handler, service: str, sock: Any, address: Any) -> An
         if isinstance(error, OSError) and (hung_up or is_health_check(getattr(sock, "proxy_header", None), real_peer)):
             raise  # ProxyStreamServer logs a health check that hangs up at DEBUG
         via = f" via {describe_peer(real_peer)}" if real_peer is not None and real_peer != address else ""
+        if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+            log.debug("%s: connection from %s%s hung up mid-service: %s", service, describe_peer(address), via, error)
+            return None
         log.exception("%s: handler failed on the connection from %s%s", service, describe_peer(address), via)
         return None
 

@@ -422,6 +422,9 @@ class _Acceptor:
         self.handshakes = Group()
         #: Handshake greenlets waiting for their header, oldest first (a dict keeps insertion order).
         self.waiting: dict[Any, None] = {}
+        #: Handshake greenlets spawned but not yet run, with their connection: one killed now
+        #: never runs its body, so stop() closes the connection for it.
+        self.unstarted: dict[Any, ProxySocket] = {}
         self.refusals = RefusalLog("PROXY header refused", describe_peer(listener.getsockname()))
         self.loop = gevent.spawn(self._accept_forever)
 
@@ -470,7 +473,8 @@ class _Acceptor:
             except OSError as error:
                 self.ready.put(error)  # accept() raises it, as a plain socket would
                 return
-            self.handshakes.spawn(self._handshake, fd, address)
+            conn = ProxySocket(listener.family, listener.type, listener.proto, fileno=fd)
+            self.unstarted[self.handshakes.spawn(self._handshake, conn, address)] = conn
 
     @staticmethod
     def _accept_raw(listener: ProxySocket) -> tuple[int, Any]:
@@ -488,10 +492,9 @@ class _Acceptor:
             greenlet.kill(_Evicted, block=False)
             return
 
-    def _handshake(self, fd: int, real_peer: Any) -> None:
-        listener = self.listener
-        conn = ProxySocket(listener.family, listener.type, listener.proto, fileno=fd)
+    def _handshake(self, conn: ProxySocket, real_peer: Any) -> None:
         current = gevent.getcurrent()
+        del self.unstarted[current]  # from here on, this greenlet closes conn however it ends
         self.waiting[current] = None  # registered once running: an evicted greenlet always gets to clean up
         try:
             try:
@@ -519,6 +522,9 @@ class _Acceptor:
     def stop(self) -> None:
         self.loop.kill(block=False)
         self.handshakes.kill(block=False)
+        for conn in self.unstarted.values():
+            conn.close()
+        self.unstarted.clear()
         while True:
             try:
                 item = self.ready.get_nowait()

@@ -26,3 +26,9 @@ class NotAHandler:
 def broken(sock, address):
     """A handler with a bug: it fails on every connection."""
     raise ValueError("broken on purpose")
+
+
+def ticker(sock, address):
+    """Writes lines until the client goes away: a reset surfaces in sendall."""
+    while True:
+        sock.sendall(b"tick\n" * 1000)

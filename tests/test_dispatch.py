@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -369,3 +370,40 @@ def test_logs_go_to_the_package_logger(dispatcher_for: Any, caplog: pytest.LogCa
     assert any(
         record.name == "gevent_proxyproto" and f":{port} (proxy)" in record.getMessage() for record in caplog.records
     )
+
+
+def _reset(client: socket.socket) -> None:
+    """Close with SO_LINGER on, 0 s: the kernel sends a reset, not a FIN."""
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "service, exchange",
+    [("whoami", b""), ("echo", b"ping\n"), ("ticker", b"")],
+    ids=["whoami-reading", "echo-reading", "user-handler-writing"],
+)
+def test_a_client_reset_in_a_service_is_one_debug_line(
+    dispatcher_for: Any, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], service: str,
+    exchange: bytes,
+) -> None:  # fmt: skip
+    """A client that resets mid-service is the client's business (as gunicorn's "Ignoring EPIPE"): no traceback."""
+    caplog.set_level(logging.DEBUG, logger="gevent_proxyproto")
+    (port,) = free_ports(1)
+    dispatcher_for(DispatcherConfig(
+        proxy_ports=(port,),
+        proxy_port_mappings={port: service},
+        services={"ticker": ServiceConfig("ticker", "tests.dispatch_handlers:ticker")},
+    ))  # fmt: skip
+    client = gevent.socket.create_connection(("127.0.0.1", port))
+    client.sendall(V1_TCP4 + exchange)
+    assert read_line(client)  # the handler runs: its greeting, the echo or a tick
+    via = client.getsockname()
+    _reset(client)
+    prefix = f"{service}: "
+    wait_until(lambda: any(record.getMessage().startswith(prefix) for record in caplog.records))
+    [record] = [record for record in caplog.records if record.getMessage().startswith(prefix)]
+    assert record.levelno == logging.DEBUG and record.exc_info is None, record.getMessage()
+    assert record.getMessage().startswith(f"{service}: connection from 203.0.113.7:4242 via 127.0.0.1:{via[1]} ")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+    assert "Traceback" not in caplog.text and "Traceback" not in capfd.readouterr().err

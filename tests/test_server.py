@@ -31,6 +31,7 @@ from .support import (
     read_line,
     refusal_lines,
     serving,
+    still_open,
     wait_until,
 )
 
@@ -116,23 +117,21 @@ def test_silent_and_trickling_clients_do_not_delay_others() -> None:
     with serving(recorder, header_timeout=10) as server:
         silent = [connect(server) for _ in range(50)]
         trickling = [connect(server, V1_TCP4[:10]) for _ in range(50)]
-        started = time.monotonic()
         with connect(server, V2_TCP4) as good:
             assert read_line(good).startswith(b"('203.0.113.7', 4242)")
-        assert time.monotonic() - started < 2  # far below header_timeout
+        # Served while every slow client still waits for its header: nobody waited for them.
+        assert all(still_open(client) for client in silent + trickling) and server.failures == {}
         for client in silent + trickling:
             client.close()
 
 
 def test_header_timeout_closes_silent_and_trickling_clients(caplog: pytest.LogCaptureFixture) -> None:
     with serving(Recorder(), header_timeout=0.3) as server:
-        started = time.monotonic()
         with connect(server) as silent, connect(server, V1_TCP4[:5]) as partial:
-            assert read_all(silent) == b""
+            assert read_all(silent) == b""  # closed by the server
             assert read_all(partial) == b""
-        elapsed = time.monotonic() - started
-        assert 0.25 < elapsed < 3
-        assert server.failures[gpp.Reason.TIMEOUT] == 2
+        wait_until(lambda: sum(server.failures.values()) == 2)
+        assert server.failures == {gpp.Reason.TIMEOUT: 2}
     assert "TIMEOUT" in caplog.text
 
 
