@@ -281,7 +281,11 @@ class Dispatcher:
         if grace_period is None:
             grace_period = self.config.grace_period
         for server in self.servers.values():
+            handler = server.handle  # gevent's close() deletes it
             server.close()
+            if isinstance(handler, Multiplexer):
+                handler.close()
+        self._refusals.close()
         if not self.connections.join(timeout=grace_period):
             log.warning("%d connection(s) still open after the grace period: closing them", len(self.connections))
             self.connections.kill(timeout=1)

@@ -227,6 +227,10 @@ class Multiplexer:
     def warning_interval(self, seconds: float) -> None:
         self._refusals.interval = seconds
 
+    def close(self) -> None:
+        """The port stopped: report the refusals held back now (see :meth:`RefusalLog.close`)."""
+        self._refusals.close()
+
     def __call__(self, sock: Any, address: Any) -> Any:
         deadline = time.monotonic() + self.timeout
         try:

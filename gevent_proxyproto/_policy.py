@@ -207,6 +207,18 @@ class RefusalLog:
             timer.start(self._report_held_back)
             self._report_timer = timer
 
+    def close(self) -> None:
+        """Report what is held back now and stop the timer: the source of refusals has stopped.
+
+        Else the timer would outlive its server and write its line into
+        whatever the process does next.
+        """
+        timer, self._report_timer = self._report_timer, None
+        if timer is not None:
+            timer.stop()
+            timer.close()
+        self._report_held_back()
+
     def _report_held_back(self) -> None:
         self._report_timer = None
         held_back, self._held_back = self._held_back, Counter()

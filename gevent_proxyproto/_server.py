@@ -81,6 +81,11 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
     def warning_interval(self, seconds: float) -> None:
         self.refusals.interval = self.tls_refusals.interval = seconds
 
+    def close(self) -> None:
+        super().close()
+        self.refusals.close()
+        self.tls_refusals.close()
+
     def init_socket(self) -> None:
         super().init_socket()
         read_headers_first(self)

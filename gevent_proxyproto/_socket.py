@@ -534,6 +534,7 @@ class _Acceptor:
                 item[0].close()
         # Wake greenlets blocked in accept(): the socket is closed.
         self.ready.put(_Stopped(errno.EBADF, "Bad file descriptor"))
+        self.refusals.close()
 
 
 class _Evicted(HeaderTimeout):

@@ -137,6 +137,10 @@ class ProxyDatagramServer(DatagramServer):  # type: ignore[misc]
     def warning_interval(self, seconds: float) -> None:
         self._refusals.interval = seconds
 
+    def close(self) -> None:
+        super().close()
+        self._refusals.close()
+
     def init_socket(self) -> None:
         super().init_socket()
         self._refusals.where = describe_peer(self.address)

@@ -479,3 +479,23 @@ def test_starttls_handler_sees_the_proxied_address(certificate: tuple[str, str])
     assert address == peer == ("203.0.113.7", 4242)
     assert local == ("192.0.2.1", 443)
     assert header == gpp.parse(V1_TCP4)[0]
+
+
+def test_refusals_held_back_are_reported_when_the_server_stops(caplog: pytest.LogCaptureFixture) -> None:
+    # A rate-limited report must not outlive its server: its timer would write
+    # into whatever the process does next (another server's log, another test).
+    caplog.set_level(logging.WARNING, logger="gevent_proxyproto")
+    server = gpp.ProxyStreamServer(("127.0.0.1", 0), lambda sock, address: None)
+    server.start()
+    for _ in range(3):
+        with gevent.socket.create_connection(server.address) as client:
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert read_all(client) == b""
+    wait_until(lambda: server.failures[gpp.Reason.NOT_HDR] == 3)
+    server.stop()
+    lines = [record.getMessage() for record in caplog.records]
+    assert len([line for line in lines if "PROXY header refused from" in line]) == 1
+    assert [line for line in lines if "suppressed" in line] == [
+        f"PROXY header refused on {gpp._policy.describe_peer(server.address)}: suppressed 2 more NOT_HDR since the last warning"
+    ]
+    assert server.refusals._report_timer is None  # nothing left to fire later
