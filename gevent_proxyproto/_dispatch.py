@@ -115,6 +115,7 @@ class Dispatcher:
         self.connections = gevent.pool.Pool()
         #: Connections closed at once because ``max_connections`` were open.
         self.refused_connections = 0
+        self._multiplexers: list[Multiplexer] = []
         self._refusals = RefusalLog("connection refused", f"{config.bind} (any port)", REFUSAL_WARNING_INTERVAL)
         self._stopped = gevent.event.Event()
 
@@ -159,8 +160,10 @@ class Dispatcher:
             for service, match in config.multiplex_routes()
         ]
         tls_context = self._tls_args[port]["ssl_context"] if port in self._tls_args else None
-        return Multiplexer(routes, config.multiplex_buffer_size, config.multiplex_timeout, tls_context,
-                           describe_peer(address))  # fmt: skip
+        multiplexer = Multiplexer(routes, config.multiplex_buffer_size, config.multiplex_timeout, tls_context,
+                                  describe_peer(address))  # fmt: skip
+        self._multiplexers.append(multiplexer)  # stop() closes their refusal logs
+        return multiplexer
 
     def start(self) -> None:
         """Bind (unless given listeners) and start serving every port.
@@ -281,10 +284,9 @@ class Dispatcher:
         if grace_period is None:
             grace_period = self.config.grace_period
         for server in self.servers.values():
-            handler = server.handle  # gevent's close() deletes it
             server.close()
-            if isinstance(handler, Multiplexer):
-                handler.close()
+        for multiplexer in self._multiplexers:
+            multiplexer.close()
         self._refusals.close()
         if not self.connections.join(timeout=grace_period):
             log.warning("%d connection(s) still open after the grace period: closing them", len(self.connections))
