@@ -61,18 +61,36 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, 
     match = (_TCP6_LINE if tcp6 else _TCP4_LINE).match(data)
     if match is None or match.end() > V1_MAX_LENGTH:
         return _parse_other_line(data)
-    source_host, destination_host, source_port, destination_port = match.groups()
+    source_host, destination_host, source_port_text, destination_port_text = match.groups()
     length = match.end()
-    source: tuple[str, int]
-    destination: tuple[str, int]
+    # The pattern allows 5 digits: only the value can be out of range.
+    source_port = int(source_port_text)
+    destination_port = int(destination_port_text)
+    if source_port > 0xFFFF or destination_port > 0xFFFF:
+        raise InvalidHeader(
+            Reason.BAD_HDR, f"v1 port out of range: {source_port if source_port > 0xFFFF else destination_port}"
+        )
     if tcp6:
-        source = (_ipv6_text(source_host, allow_v4_in_tcp6), _port(source_port))
-        destination = (_ipv6_text(destination_host, allow_v4_in_tcp6), _port(destination_port))
-    else:
-        source = (source_host.decode("ascii"), _port(source_port))
-        destination = (destination_host.decode("ascii"), _port(destination_port))
-    family = _AF_INET6 if tcp6 else _AF_INET
-    return new_header(1, _PROXY, family, _SOCK_STREAM, source, destination, (), data[:length]), length
+        return new_header(
+            1,
+            _PROXY,
+            _AF_INET6,
+            _SOCK_STREAM,
+            (_ipv6_text(source_host, allow_v4_in_tcp6), source_port),
+            (_ipv6_text(destination_host, allow_v4_in_tcp6), destination_port),
+            (),
+            data[:length],
+        ), length
+    return new_header(
+        1,
+        _PROXY,
+        _AF_INET,
+        _SOCK_STREAM,
+        (source_host.decode("ascii"), source_port),
+        (destination_host.decode("ascii"), destination_port),
+        (),
+        data[:length],
+    ), length
 
 
 def _parse_other_line(data: bytes) -> tuple[ProxyHeader, int]:
@@ -89,13 +107,6 @@ def _parse_other_line(data: bytes) -> tuple[ProxyHeader, int]:
         # The rest of the line is ignored: use the real endpoints.
         return new_header(1, _PROXY, socket.AF_UNSPEC, None, None, None, (), data[:length]), length
     raise InvalidHeader(Reason.BAD_HDR, f"v1 line is malformed: {_show(line)}")
-
-
-def _port(text: bytes) -> int:
-    port = int(text)
-    if port > 0xFFFF:
-        raise InvalidHeader(Reason.BAD_HDR, f"v1 port out of range: {port}")
-    return port
 
 
 def _ipv6_text(text: bytes, allow_v4: bool) -> str:
