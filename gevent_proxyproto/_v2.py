@@ -103,15 +103,10 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader,
     tlvs = () if length == V2_PREAMBLE_LENGTH + block_size else _checked_tlvs(header, V2_PREAMBLE_LENGTH + block_size)
     if unpack_addresses is not None:  # INET or INET6
         source_ip, destination_ip, source_port, destination_port = unpack_addresses(header, V2_PREAMBLE_LENGTH)
+        source_host = _address_texts.get(source_ip) or _address_text(family, source_ip)
+        destination_host = _address_texts.get(destination_ip) or _address_text(family, destination_ip)
         return new_header(
-            2,
-            command,
-            family,
-            protocol,
-            (_inet_ntop(family, source_ip), source_port),
-            (_inet_ntop(family, destination_ip), destination_port),
-            tlvs,
-            header,
+            2, command, family, protocol, (source_host, source_port), (destination_host, destination_port), tlvs, header
         ), length
     if protocol is None:
         # UNSPEC transport: keep the family's layout, use the real endpoints.
@@ -119,6 +114,23 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader,
     source = _unix_path(header[V2_PREAMBLE_LENGTH : V2_PREAMBLE_LENGTH + UNIX_PATH_SIZE])
     destination = _unix_path(header[V2_PREAMBLE_LENGTH + UNIX_PATH_SIZE : V2_PREAMBLE_LENGTH + 2 * UNIX_PATH_SIZE])
     return new_header(2, command, family, protocol, source, destination, tlvs, header), length
+
+
+#: Packed address (4 or 16 bytes: the two never collide) -> its text.
+#: inet_ntop writes each part with sprintf: two IPv6 addresses cost more than
+#: the rest of a parse. The destination is one of the proxy's few listeners
+#: and clients reconnect, so most lookups hit. Bounded: emptied when full, so
+#: a flood of distinct addresses costs one clear() per _ADDRESS_TEXTS_MAX misses.
+_address_texts: dict[bytes, str] = {}
+_ADDRESS_TEXTS_MAX = 256
+
+
+def _address_text(family: socket.AddressFamily, packed: bytes) -> str:
+    """inet_ntop(family, packed), remembered."""
+    if len(_address_texts) >= _ADDRESS_TEXTS_MAX:
+        _address_texts.clear()
+    text = _address_texts[packed] = _inet_ntop(family, packed)
+    return text
 
 
 def _check_preamble_prefix(data: bytes) -> None:
