@@ -292,10 +292,6 @@ class _UnfrozenHeader:
     __slots__ = ProxyHeader.__slots__  # the same names in the same order: the same layout
 
 
-_new_object = object.__new__
-_set_class = object.__setattr__
-
-
 def new_header(
     version: int,
     command: Command,
@@ -307,7 +303,7 @@ def new_header(
     raw: bytes | None,
 ) -> ProxyHeader:
     """``ProxyHeader(...)`` with its ``raw`` set, for the parsers: the same frozen object, built faster."""
-    header: Any = _new_object(_UnfrozenHeader)
+    header: Any = _UnfrozenHeader()
     header.version = version
     header.command = command
     header.family = family
@@ -316,5 +312,5 @@ def new_header(
     header.destination = destination
     header.tlvs = tlvs
     header.raw = raw
-    _set_class(header, "__class__", ProxyHeader)
+    header.__class__ = ProxyHeader  # _UnfrozenHeader's own __setattr__: allowed
     return header  # type: ignore[no-any-return]

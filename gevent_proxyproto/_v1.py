@@ -60,10 +60,9 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, 
     """
     tcp6 = data[9:10] == b"6"  # "PROXY TCP6"
     match = (_TCP6_LINE if tcp6 else _TCP4_LINE).match(data)
-    if match is None or match.end() > V1_MAX_LENGTH:
+    if match is None or (length := match.end()) > V1_MAX_LENGTH:
         return _parse_other_line(data)
     source_host, destination_host, source_port_text, destination_port_text = match.groups()
-    length = match.end()
     # The pattern allows 5 digits: only the value can be out of range.
     source_port = int(source_port_text)
     destination_port = int(destination_port_text)
