@@ -15,7 +15,8 @@ from ._model import Command, ProxyHeader, new_header
 from ._wire import V1_MAX_LENGTH, V1_MIN_LENGTH, V1_SIGNATURE
 
 _OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = rb"(?:" + _OCTET + rb"\.){3}" + _OCTET
+# Unrolled: a repeated group costs the regex engine more than four copies.
+_IPV4 = _OCTET + rb"\." + _OCTET + rb"\." + _OCTET + rb"\." + _OCTET
 _PORT = rb"(0|[1-9][0-9]{0,4})"
 # Candidate IPv6 text; inet_pton has the final word (it rejects zone ids too).
 _IPV6 = rb"[0-9A-Fa-f:.]{2,45}"
@@ -59,20 +60,27 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, 
     """
     tcp6 = data[9:10] == b"6"  # "PROXY TCP6"
     match = (_TCP6_LINE if tcp6 else _TCP4_LINE).match(data)
-    if match is None or match.end() > V1_MAX_LENGTH:
+    if match is None or (length := match.end()) > V1_MAX_LENGTH:
         return _parse_other_line(data)
-    source_host, destination_host, source_port, destination_port = match.groups()
-    length = match.end()
-    source: tuple[str, int]
-    destination: tuple[str, int]
+    source_host, destination_host, source_port_text, destination_port_text = match.groups()
+    # The pattern allows 5 digits: only the value can be out of range.
+    source_port = int(source_port_text)
+    destination_port = int(destination_port_text)
+    if source_port > 0xFFFF or destination_port > 0xFFFF:
+        raise InvalidHeader(
+            Reason.BAD_HDR, f"v1 port out of range: {source_port if source_port > 0xFFFF else destination_port}"
+        )
     if tcp6:
-        source = (_ipv6_text(source_host, allow_v4_in_tcp6), _port(source_port))
-        destination = (_ipv6_text(destination_host, allow_v4_in_tcp6), _port(destination_port))
-    else:
-        source = (source_host.decode("ascii"), _port(source_port))
-        destination = (destination_host.decode("ascii"), _port(destination_port))
-    family = _AF_INET6 if tcp6 else _AF_INET
-    return new_header(1, _PROXY, family, _SOCK_STREAM, source, destination, (), data[:length]), length
+        source = (_ipv6_texts.get(source_host) or _ipv6_text(source_host, allow_v4_in_tcp6), source_port)
+        destination = (
+            _ipv6_texts.get(destination_host) or _ipv6_text(destination_host, allow_v4_in_tcp6),
+            destination_port,
+        )
+        return new_header(1, _PROXY, _AF_INET6, _SOCK_STREAM, source, destination, (), data[:length]), length
+    # The pattern admits only ASCII digits and dots: decode() (UTF-8, its fast path) is exact.
+    source = (source_host.decode(), source_port)
+    destination = (destination_host.decode(), destination_port)
+    return new_header(1, _PROXY, _AF_INET, _SOCK_STREAM, source, destination, (), data[:length]), length
 
 
 def _parse_other_line(data: bytes) -> tuple[ProxyHeader, int]:
@@ -91,11 +99,13 @@ def _parse_other_line(data: bytes) -> tuple[ProxyHeader, int]:
     raise InvalidHeader(Reason.BAD_HDR, f"v1 line is malformed: {_show(line)}")
 
 
-def _port(text: bytes) -> int:
-    port = int(text)
-    if port > 0xFFFF:
-        raise InvalidHeader(Reason.BAD_HDR, f"v1 port out of range: {port}")
-    return port
+#: IPv6 text as received -> its canonical form. inet_ntop writes each group
+#: with sprintf: two addresses cost more than the rest of a parse. The
+#: destination is one of the proxy's few listeners and clients reconnect, so
+#: most lookups hit. Bounded: emptied when full. Only IPv6 text is kept, whose
+#: form does not depend on allow_v4_in_tcp6.
+_ipv6_texts: dict[bytes, str] = {}
+_IPV6_TEXTS_MAX = 256
 
 
 def _ipv6_text(text: bytes, allow_v4: bool) -> str:
@@ -103,9 +113,13 @@ def _ipv6_text(text: bytes, allow_v4: bool) -> str:
     if allow_v4 and _IPV4_ONLY.fullmatch(text):
         return "::ffff:" + host
     try:
-        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
+        canonical = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
     except OSError:
         raise InvalidHeader(Reason.BAD_HDR, f"v1 TCP6 address is not IPv6: {host!r}") from None
+    if len(_ipv6_texts) >= _IPV6_TEXTS_MAX:
+        _ipv6_texts.clear()
+    _ipv6_texts[text] = canonical
+    return canonical
 
 
 def _show(line: bytes) -> str:

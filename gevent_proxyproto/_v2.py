@@ -25,13 +25,6 @@ from ._wire import (
     V2_VERSION,
 )
 
-#: Byte 13 -> (family, address block size, protocol): one lookup per header.
-_FAMILY_TRANSPORT = {
-    family_nibble << 4 | transport_nibble: (family, block_size, protocol)
-    for family_nibble, (family, block_size) in V2_FAMILIES.items()
-    for transport_nibble, protocol in V2_TRANSPORTS.items()
-}
-
 _INET = struct.Struct("!4s4sHH")
 _INET6 = struct.Struct("!16s16sHH")
 _AF_INET = socket.AF_INET
@@ -39,6 +32,26 @@ _AF_INET6 = socket.AF_INET6
 _inet_ntop = socket.inet_ntop
 _PROXY = Command.PROXY
 _LOCAL = Command.LOCAL
+
+#: Bytes 0-13 of every valid preamble (signature, version/command,
+#: family/transport) -> (command, family, protocol, address block size,
+#: the unpacker of an INET/INET6 address block or None): one dict lookup
+#: decides all of them. A miss is an invalid preamble, explained by the
+#: byte-by-byte checks.
+_PREAMBLES = {
+    V2_SIGNATURE + bytes([V2_VERSION << 4 | command, family_nibble << 4 | transport_nibble]): (
+        command,
+        family,
+        protocol,
+        block_size,
+        {_AF_INET: _INET.unpack_from, _AF_INET6: _INET6.unpack_from}.get(family)
+        if command is _PROXY and protocol is not None
+        else None,
+    )
+    for command in (_LOCAL, _PROXY)
+    for family_nibble, (family, block_size) in V2_FAMILIES.items()
+    for transport_nibble, protocol in V2_TRANSPORTS.items()
+}
 
 
 def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader, int]:
@@ -59,18 +72,11 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader,
     if available < V2_PREAMBLE_LENGTH:
         _check_preamble_prefix(data)
         raise IncompleteHeader(V2_PREAMBLE_LENGTH - available, exact=True)
-    if data[:12] != V2_SIGNATURE:
-        raise InvalidHeader(Reason.NOT_HDR, "not a PROXY header: bad v2 signature")
-    version_command = data[12]
-    if version_command >> 4 != V2_VERSION or version_command & 0x0F > 1:
-        _check_version_command(version_command)  # raises, naming the nibble
-    entry = _FAMILY_TRANSPORT.get(data[13])
-    if entry is None:
-        _family(data[13])  # raises for a bad family nibble,
-        _transport(data[13])  # else for the bad transport one
+    preamble = _PREAMBLES.get(data[:14])
+    if preamble is None:
+        _check_preamble_prefix(data[:14])  # raises, naming the first bad field
         raise AssertionError("unreachable")  # pragma: no cover
-    family, block_size, protocol = entry
-    command = _PROXY if version_command & 0x0F else _LOCAL
+    command, family, protocol, block_size, unpack_addresses = preamble
     body_length = data[14] << 8 | data[15]
     if command is _PROXY and body_length < block_size:
         raise InvalidHeader(
@@ -95,23 +101,36 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader,
         return new_header(2, command, family, protocol, None, None, tlvs, header), length
 
     tlvs = () if length == V2_PREAMBLE_LENGTH + block_size else _checked_tlvs(header, V2_PREAMBLE_LENGTH + block_size)
+    if unpack_addresses is not None:  # INET or INET6
+        source_ip, destination_ip, source_port, destination_port = unpack_addresses(header, V2_PREAMBLE_LENGTH)
+        source_host = _address_texts.get(source_ip) or _address_text(family, source_ip)
+        destination_host = _address_texts.get(destination_ip) or _address_text(family, destination_ip)
+        return new_header(
+            2, command, family, protocol, (source_host, source_port), (destination_host, destination_port), tlvs, header
+        ), length
     if protocol is None:
         # UNSPEC transport: keep the family's layout, use the real endpoints.
         return new_header(2, command, family, protocol, None, None, tlvs, header), length
-    source: Address
-    destination: Address
-    if family is _AF_INET:
-        source_ip, destination_ip, source_port, destination_port = _INET.unpack_from(header, V2_PREAMBLE_LENGTH)
-        source = (_inet_ntop(_AF_INET, source_ip), source_port)
-        destination = (_inet_ntop(_AF_INET, destination_ip), destination_port)
-    elif family is _AF_INET6:
-        source_ip, destination_ip, source_port, destination_port = _INET6.unpack_from(header, V2_PREAMBLE_LENGTH)
-        source = (_inet_ntop(_AF_INET6, source_ip), source_port)
-        destination = (_inet_ntop(_AF_INET6, destination_ip), destination_port)
-    else:
-        source = _unix_path(header[V2_PREAMBLE_LENGTH : V2_PREAMBLE_LENGTH + UNIX_PATH_SIZE])
-        destination = _unix_path(header[V2_PREAMBLE_LENGTH + UNIX_PATH_SIZE : V2_PREAMBLE_LENGTH + 2 * UNIX_PATH_SIZE])
+    source = _unix_path(header[V2_PREAMBLE_LENGTH : V2_PREAMBLE_LENGTH + UNIX_PATH_SIZE])
+    destination = _unix_path(header[V2_PREAMBLE_LENGTH + UNIX_PATH_SIZE : V2_PREAMBLE_LENGTH + 2 * UNIX_PATH_SIZE])
     return new_header(2, command, family, protocol, source, destination, tlvs, header), length
+
+
+#: Packed address (4 or 16 bytes: the two never collide) -> its text.
+#: inet_ntop writes each part with sprintf: two IPv6 addresses cost more than
+#: the rest of a parse. The destination is one of the proxy's few listeners
+#: and clients reconnect, so most lookups hit. Bounded: emptied when full, so
+#: a flood of distinct addresses costs one clear() per _ADDRESS_TEXTS_MAX misses.
+_address_texts: dict[bytes, str] = {}
+_ADDRESS_TEXTS_MAX = 256
+
+
+def _address_text(family: socket.AddressFamily, packed: bytes) -> str:
+    """inet_ntop(family, packed), remembered."""
+    if len(_address_texts) >= _ADDRESS_TEXTS_MAX:
+        _address_texts.clear()
+    text = _address_texts[packed] = _inet_ntop(family, packed)
+    return text
 
 
 def _check_preamble_prefix(data: bytes) -> None:

@@ -817,3 +817,34 @@ def test_header_built_in_code_round_trips(built: gpp.ProxyHeader) -> None:
     assert parsed == built and length == len(data)
     assert parsed.to_bytes() == data
     assert gpp.parse(data + TRAILING) == (parsed, length)
+
+
+def test_address_texts_stay_right_and_bounded_across_many_distinct_addresses() -> None:
+    # The parsers remember address texts (inet_ntop is costly): a few hundred
+    # distinct clients fill and empty the memo; every text is still inet_ntop's.
+    from gevent_proxyproto import _v1, _v2
+
+    listener6 = ("2001:db8::443", 443)
+    for index in range(3 * _v2._ADDRESS_TEXTS_MAX):
+        # Varied zero runs, so the texts are compressed in different places.
+        packed6 = bytes.fromhex("20010db8") + index.to_bytes(2, "big") * (index % 5) + bytes(12 - 2 * (index % 5))
+        source6 = (socket.inet_ntop(socket.AF_INET6, packed6), 1024 + index)
+        source4 = (f"192.0.{index // 256}.{index % 256}", 1024 + index)
+        header6, _ = gpp.parse(gpp.build_v2(source=source6, destination=listener6))
+        header4, _ = gpp.parse(gpp.build_v2(source=source4, destination=("198.51.100.1", 80)))
+        line, _ = gpp.parse(f"PROXY TCP6 2001:DB8:0:{index:X}::0:1 2001:db8::443 {index} 443\r\n".encode())
+        assert header6.source == source6 and header6.destination == listener6
+        assert header4.source == source4
+        expected = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, f"2001:db8:0:{index:x}::1"))
+        assert line.source == (expected, index) and line.destination == listener6
+        assert len(_v2._address_texts) <= _v2._ADDRESS_TEXTS_MAX
+        assert len(_v1._ipv6_texts) <= _v1._IPV6_TEXTS_MAX
+
+
+def test_remembered_v1_text_does_not_depend_on_allow_v4_in_tcp6() -> None:
+    # IPv4 text in a TCP6 line is never remembered: without the switch it is refused every time.
+    line = b"PROXY TCP6 192.0.2.1 2001:db8::1 1 2\r\n"
+    for _ in range(2):
+        assert gpp.parse(line, allow_v4_in_tcp6=True)[0].source == ("::ffff:192.0.2.1", 1)
+        with pytest.raises(gpp.InvalidHeader, match="not IPv6"):
+            gpp.parse(line)
