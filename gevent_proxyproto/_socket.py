@@ -138,13 +138,17 @@ def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float) -> bytes:
 # The reads below try the kernel socket under the gevent one (non-blocking)
 # first: bytes that have already arrived (the usual case) cost no timeout to
 # set, no wait and no gevent wrapper. Each does it inline: these run on every
-# connection, where a helper function is a measurable cost.
+# connection, where a helper function is a measurable cost. Each waits after
+# its `except BlockingIOError` block: a greenlet waiting in there would keep
+# the exception and its traceback alive for as long as the client takes.
 
 
 def _peek(sock: Any, deadline: float) -> bytes:
     try:
         peeked = sock._sock.recv(_PEEK_SIZE, _MSG_PEEK)
     except BlockingIOError:
+        peeked = None
+    if peeked is None:
         peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline)
     if not peeked:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
@@ -156,6 +160,8 @@ def _recv_some(sock: Any, count: int, deadline: float) -> bytes:
     try:
         chunk = sock._sock.recv(count)
     except BlockingIOError:
+        chunk = None
+    if chunk is None:
         chunk = _wait_and_recv(sock, count, 0, deadline)
     if not chunk:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
@@ -166,6 +172,8 @@ def _recv_exactly(sock: Any, count: int, deadline: float) -> bytes:
     try:
         chunk = sock._sock.recv(count)  # peeked already, as a rule: all there
     except BlockingIOError:
+        chunk = None
+    if chunk is None:
         chunk = _wait_and_recv(sock, count, 0, deadline)
     if len(chunk) == count:
         return chunk  # type: ignore[no-any-return]
