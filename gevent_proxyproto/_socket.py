@@ -127,12 +127,20 @@ def read_header(
 
 
 def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float) -> bytes:
-    """One recv through gevent: it waits for bytes until the deadline (TimeoutError)."""
+    """Wait until bytes arrive (HeaderTimeout at the deadline), then one recv of the kernel socket.
+
+    gevent's own wait, as its ``recv`` does, with the socket's timeout; but
+    given the exception class, gevent builds none until the deadline passes
+    (its ``recv`` makes a ``TimeoutError`` for every wait: memory held by each
+    connection waiting for its header), and no second ``recv`` that fails
+    before the wait.
+    """
     remaining = deadline - _monotonic()
     if remaining <= 0:
         raise HeaderTimeout()
     sock.timeout = remaining
-    return sock.recv(size, flags)  # type: ignore[no-any-return]
+    sock._wait(sock._read_event, HeaderTimeout)
+    return sock._sock.recv(size, flags)  # type: ignore[no-any-return]
 
 
 # The reads below try the kernel socket under the gevent one (non-blocking)
