@@ -111,6 +111,9 @@ def read_header(
                 if len(received) > len(data) or exact:
                     continue
             # A lower bound, everything seen consumed and no verdict: wait for more, look.
+            # Not holding the bytes seen while waiting: as a rule the peek's
+            # 512-byte buffer, shrunk, whose memory a new connection can reuse.
+            del data
             peeked = _peek(sock, deadline)
     except TimeoutError:
         raise HeaderTimeout() from None
