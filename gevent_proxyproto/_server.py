@@ -86,6 +86,7 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         super().init_socket()
         read_headers_first(self)
 
+    # do_read: accept_connection, set below it.
 
 
 class ProxyServer(Protocol):
