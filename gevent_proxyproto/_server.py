@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import gevent
 import gevent.queue
+import gevent.socket
 from gevent.server import StreamServer
 
 from ._errors import ProxyProtocolError, Reason
@@ -86,7 +87,7 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         super().init_socket()
         read_headers_first(self)
 
-    # do_read: accept_connection, set below it.
+    # do_read and do_close: accept_connection and close_connection, set below them.
 
 
 class ProxyServer(Protocol):
@@ -173,7 +174,21 @@ def accept_connection(server: ProxyServer) -> tuple[ProxySocket, Any] | None:
     return new_connection(family, type, proto, fd), address
 
 
-ProxyStreamServer.do_read = accept_connection  # the method itself: a call less per connection
+_close_gevent_socket = gevent.socket.socket.close
+
+
+def close_connection(server: ProxyServer, sock: ProxySocket, *args: Any) -> None:
+    """``do_close`` for a PROXY server: gevent's close of the connection.
+
+    Not through :meth:`ProxySocket.close`, whose own part is for a listening
+    socket (its acceptor): a call less on every connection.
+    """
+    _close_gevent_socket(sock)
+
+
+# The functions themselves as the methods: a call less per connection each.
+ProxyStreamServer.do_read = accept_connection
+ProxyStreamServer.do_close = close_connection
 
 
 def _handshake_and_handle(server: ProxyServer, handle: Any, client: ProxySocket, real_peer: Any) -> Any:
