@@ -86,18 +86,12 @@ def read_header(
         peeked = _peek(sock, deadline)
         while True:
             data = received + peeked
-            try:
-                # The size cap is checked by parse() from a v2 preamble, before the rest is parsed or read.
-                header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
-            except IncompleteHeader as incomplete:
-                needed, exact = incomplete.needed, incomplete.exact
-            else:
+            header, length, exact = _parse(data, allow_v4_in_tcp6, max_header_size)
+            if header is not None:
                 if length > len(received):
                     _recv_exactly(sock, length - len(received), deadline)  # peeked: already there
                 return header
-            # Out of the except block before any wait: a greenlet blocked in
-            # there would keep the exception, its traceback and the parser's
-            # frames alive for as long as the client takes.
+            needed = length
             known = len(data) + needed
             if known > max_header_size:  # a v1 line still arriving (v2: refused by parse())
                 raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})")
@@ -127,6 +121,23 @@ def read_header(
         ) from None
     finally:
         sock.timeout = saved_timeout
+
+
+def _parse(data: bytes, allow_v4_in_tcp6: bool, max_header_size: int) -> tuple[ProxyHeader | None, int, bool]:
+    """``(header, length, False)``, or ``(None, needed, exact)`` from an IncompleteHeader.
+
+    A function of its own so that the IncompleteHeader's traceback stops
+    here: through read_header's frame it would make that frame an object
+    (~330 bytes) for as long as read_header runs, that is, for as long as a
+    slow client takes. Returning leaves nothing of the exception, its
+    traceback or the parser's frames to a greenlet that then waits.
+    """
+    try:
+        # The size cap is checked by parse() from a v2 preamble, before the rest is parsed or read.
+        header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
+    except IncompleteHeader as incomplete:
+        return None, incomplete.needed, incomplete.exact
+    return header, length, False
 
 
 def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float) -> bytes:
