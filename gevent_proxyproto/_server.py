@@ -20,12 +20,14 @@ from typing import Any, Protocol
 
 import gevent
 import gevent.queue
+import gevent.socket
 from gevent.server import StreamServer
 
 from ._errors import ProxyProtocolError, Reason
-from ._model import ProxyHeader
 from ._policy import ProxyPolicy, RefusalLog, describe_peer, log, policy_from_keywords
-from ._socket import ProxySocket, health_check_ended, is_health_check
+from ._socket import ProxySocket, health_check_ended, is_health_check, new_connection
+
+_monotonic = time.monotonic
 
 
 def _wrap_with_ssl_args(sock: Any, **ssl_args: Any) -> Any:
@@ -90,8 +92,7 @@ class ProxyStreamServer(StreamServer):  # type: ignore[misc]
         super().init_socket()
         read_headers_first(self)
 
-    def do_read(self) -> tuple[ProxySocket, Any] | None:
-        return accept_connection(self)
+    # do_read and do_close: accept_connection and close_connection, set below them.
 
 
 class ProxyServer(Protocol):
@@ -112,6 +113,8 @@ class ProxyServer(Protocol):
     refusals: RefusalLog
     #: The log lines of failed TLS handshakes.
     tls_refusals: RefusalLog
+    #: ``(family, type, proto)`` of the listener, for its connections (set by :func:`read_headers_first`).
+    connection_socket_args: tuple[int, int, int]
     # gevent's StreamServer attributes, used as gevent uses them.
     socket: Any
     address: Any
@@ -157,6 +160,9 @@ def read_headers_first(server: ProxyServer) -> None:
     # server.handle, and a graceful stop lets every accepted connection finish,
     # even one whose greenlet has not started yet.
     server._handle = functools.partial(_handshake_and_handle, server, server.handle)
+    # Read once: on a gevent socket each is a property that converts to an enum, three calls a connection.
+    listener = server.socket
+    server.connection_socket_args = (listener.family, listener.type, listener.proto)
     server.refusals.where = server.tls_refusals.where = describe_peer(server.address)
 
 
@@ -169,30 +175,62 @@ def accept_connection(server: ProxyServer) -> tuple[ProxySocket, Any] | None:
         if not listener.timeout:
             return None
         raise
-    return ProxySocket(listener.family, listener.type, listener.proto, fileno=fd), address
+    family, type, proto = server.connection_socket_args
+    return new_connection(family, type, proto, fd), address
+
+
+_close_gevent_socket = gevent.socket.socket.close
+
+
+def close_connection(server: ProxyServer, sock: ProxySocket, *args: Any) -> None:
+    """``do_close`` for a PROXY server: gevent's close of the connection.
+
+    Not through :meth:`ProxySocket.close`, whose own part is for a listening
+    socket (its acceptor): a call less on every connection.
+    """
+    _close_gevent_socket(sock)
+
+
+# The functions themselves as the methods: a call less per connection each.
+ProxyStreamServer.do_read = accept_connection
+ProxyStreamServer.do_close = close_connection
 
 
 def _handshake_and_handle(server: ProxyServer, handle: Any, client: ProxySocket, real_peer: Any) -> Any:
     policy = server.policy
-    deadline = time.monotonic() + policy.header_timeout
+    deadline = _monotonic() + policy.header_timeout
     try:
         header = client.handshake(real_peer, policy, deadline)
     except ProxyProtocolError as error:
         server.failures[error.reason] += 1
         server.refusals.refused(error.reason.value, error.message, real_peer)
         return None  # the server's do_close closes the socket
-    if health_check_ended(client, header, real_peer, server.refusals.where):
+    health_check = is_health_check(header, real_peer)
+    if health_check and health_check_ended(client, real_peer, server.refusals.where):
         return None  # the server's do_close closes the socket
-    # The accepted address, not a new getpeername(): a health check may
-    # already have reset the connection.
-    address = client.getpeername() if header is not None and header.source is not None else real_peer
+    # The accepted address when the header names none (LOCAL, UNSPEC,
+    # direct), not a new getpeername(): a health check may already have
+    # reset the connection.
+    peer = client._peer
+    address = peer if peer is not None else real_peer
     if server.ssl_args is None:
-        return _call_handler(server, handle, client, address, header, real_peer)
-    tls = _tls_handshake(server, client, real_peer, deadline)
-    if tls is None:
-        return None
-    with tls:
-        return _call_handler(server, handle, tls, address, header, real_peer)
+        sock = client
+    else:
+        sock = _tls_handshake(server, client, real_peer, deadline)
+        if sock is None:
+            return None
+    try:
+        return handle(sock, address)
+    except OSError as error:
+        # A proxy's health check hangs up or resets once it has its
+        # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
+        if health_check:
+            log.debug("health check from %s on %s ended: %s", describe_peer(address), server.refusals.where, error)
+            return None
+        raise
+    finally:
+        if sock is not client:
+            sock.close()  # the TLS socket (the server's do_close closes the connection under it)
 
 
 def _tls_handshake(server: ProxyServer, client: ProxySocket, real_peer: Any, deadline: float) -> Any:
@@ -212,20 +250,6 @@ def _tls_handshake(server: ProxyServer, client: ProxySocket, real_peer: Any, dea
         return None
     tls.timeout = saved_timeout
     return tls
-
-
-def _call_handler(
-    server: ProxyServer, handle: Any, sock: Any, address: Any, header: ProxyHeader | None, real_peer: Any
-) -> Any:
-    try:
-        return handle(sock, address)
-    except OSError as error:
-        # A proxy's health check hangs up or resets once it has its
-        # answer (ECONNRESET, EPIPE, ENOTCONN): not worth a traceback.
-        if is_health_check(header, real_peer):  # only worth working out here
-            log.debug("health check from %s on %s ended: %s", describe_peer(address), server.refusals.where, error)
-            return None
-        raise
 
 
 # -- serving until a signal: the dispatcher, `serve` in one process, the relay ----------------------

@@ -86,18 +86,12 @@ def read_header(
         peeked = _peek(sock, deadline)
         while True:
             data = received + peeked
-            try:
-                # The size cap is checked by parse() from a v2 preamble, before the rest is parsed or read.
-                header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
-            except IncompleteHeader as incomplete:
-                needed, exact = incomplete.needed, incomplete.exact
-            else:
+            header, length, exact = _parse(data, allow_v4_in_tcp6, max_header_size)
+            if header is not None:
                 if length > len(received):
                     _recv_exactly(sock, length - len(received), deadline)  # peeked: already there
                 return header
-            # Out of the except block before any wait: a greenlet blocked in
-            # there would keep the exception, its traceback and the parser's
-            # frames alive for as long as the client takes.
+            needed = length
             known = len(data) + needed
             if known > max_header_size:  # a v1 line still arriving (v2: refused by parse())
                 raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})")
@@ -111,6 +105,9 @@ def read_header(
                 if len(received) > len(data) or exact:
                     continue
             # A lower bound, everything seen consumed and no verdict: wait for more, look.
+            # Not holding the bytes seen while waiting: as a rule the peek's
+            # 512-byte buffer, shrunk, whose memory a new connection can reuse.
+            del data
             peeked = _peek(sock, deadline)
     except TimeoutError:
         raise HeaderTimeout() from None
@@ -126,43 +123,84 @@ def read_header(
         sock.timeout = saved_timeout
 
 
-def _wait_budget(deadline: float) -> float:
+def _parse(data: bytes, allow_v4_in_tcp6: bool, max_header_size: int) -> tuple[ProxyHeader | None, int, bool]:
+    """``(header, length, False)``, or ``(None, needed, exact)`` from an IncompleteHeader.
+
+    A function of its own so that the IncompleteHeader's traceback stops
+    here: through read_header's frame it would make that frame an object
+    (~330 bytes) for as long as read_header runs, that is, for as long as a
+    slow client takes. Returning leaves nothing of the exception, its
+    traceback or the parser's frames to a greenlet that then waits.
+    """
+    try:
+        # The size cap is checked by parse() from a v2 preamble, before the rest is parsed or read.
+        header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
+    except IncompleteHeader as incomplete:
+        return None, incomplete.needed, incomplete.exact
+    return header, length, False
+
+
+def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float) -> bytes:
+    """Wait until bytes arrive (HeaderTimeout at the deadline), then one recv of the kernel socket.
+
+    gevent's own wait, as its ``recv`` does, with the socket's timeout; but
+    given the exception class, gevent builds none until the deadline passes
+    (its ``recv`` makes a ``TimeoutError`` for every wait: memory held by each
+    connection waiting for its header), and no second ``recv`` that fails
+    before the wait.
+    """
     remaining = deadline - _monotonic()
     if remaining <= 0:
         raise HeaderTimeout()
-    return remaining
+    sock.timeout = remaining
+    sock._wait(sock._read_event, HeaderTimeout)
+    return sock._sock.recv(size, flags)  # type: ignore[no-any-return]
 
 
-def _recv(sock: Any, size: int, flags: int, deadline: float) -> bytes:
-    """One recv: at once when bytes are there (the usual case), else wait for them until the deadline."""
-    try:
-        # The kernel socket under the gevent one (non-blocking): no timeout
-        # to set, no wait, for bytes that have already arrived.
-        return sock._sock.recv(size, flags)  # type: ignore[no-any-return]
-    except BlockingIOError:
-        sock.timeout = _wait_budget(deadline)
-        return sock.recv(size, flags)  # type: ignore[no-any-return]
+# The reads below try the kernel socket under the gevent one (non-blocking)
+# first: bytes that have already arrived (the usual case) cost no timeout to
+# set, no wait and no gevent wrapper. Each does it inline: these run on every
+# connection, where a helper function is a measurable cost. Each waits after
+# its `except BlockingIOError` block: a greenlet waiting in there would keep
+# the exception and its traceback alive for as long as the client takes.
 
 
 def _peek(sock: Any, deadline: float) -> bytes:
-    peeked = _recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline)
+    try:
+        peeked = sock._sock.recv(_PEEK_SIZE, _MSG_PEEK)
+    except BlockingIOError:
+        peeked = None
+    if peeked is None:
+        peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline)
     if not peeked:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
-    return peeked
+    return peeked  # type: ignore[no-any-return]
 
 
 def _recv_some(sock: Any, count: int, deadline: float) -> bytes:
     """At least one byte and at most ``count``: what has arrived (waiting for one if none has)."""
-    chunk = _recv(sock, count, 0, deadline)
+    try:
+        chunk = sock._sock.recv(count)
+    except BlockingIOError:
+        chunk = None
+    if chunk is None:
+        chunk = _wait_and_recv(sock, count, 0, deadline)
     if not chunk:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
-    return chunk
+    return chunk  # type: ignore[no-any-return]
 
 
 def _recv_exactly(sock: Any, count: int, deadline: float) -> bytes:
-    chunk = _recv_some(sock, count, deadline)
+    try:
+        chunk = sock._sock.recv(count)  # peeked already, as a rule: all there
+    except BlockingIOError:
+        chunk = None
+    if chunk is None:
+        chunk = _wait_and_recv(sock, count, 0, deadline)
     if len(chunk) == count:
-        return chunk
+        return chunk  # type: ignore[no-any-return]
+    if not chunk:
+        raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
     chunks = [chunk]
     missing = count - len(chunk)
     while missing:
@@ -270,7 +308,9 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
         policy = policy or self._policy or _DEFAULT_POLICY
         if real_peer is None:
             real_peer = self._sock.getpeername()
-        if real_peer not in policy.trusted:
+        trusted = policy.trusted
+        # An IP peer's verdict straight from the cache (no __contains__ call): every connection asks.
+        if not (trusted.trusts_host(real_peer[0]) if type(real_peer) is tuple else real_peer in trusted):
             if policy.untrusted == UNTRUSTED_DIRECT:
                 return None
             # The peer, not the list: a line per refusal must stay short (the list can be long).
@@ -350,13 +390,33 @@ class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
 
 
 _DEFAULT_POLICY = ProxyPolicy()
+_new_socket = ProxySocket.__new__
+_init_gevent_socket = gevent.socket.socket.__init__
+
+
+def new_connection(family: int, type: int, proto: int, fd: int) -> ProxySocket:
+    """An accepted connection, before its handshake: ``ProxySocket(family, type, proto, fd)``, made faster.
+
+    The servers' and the acceptor's way, on every connection: a connection
+    takes no policy keywords, so it skips their checks (and the dict of
+    keywords a call to the constructor builds), and sets the fields
+    ``__init__`` sets, to the same values.
+    """
+    conn: ProxySocket = _new_socket(ProxySocket)
+    _init_gevent_socket(conn, family, type, proto, fd)
+    conn.proxy_header = conn._peer = conn._local = conn._policy = conn._acceptor = None
+    conn._max_pending = DEFAULT_MAX_PENDING
+    return conn
+
+
+_LOCAL = Command.LOCAL
 
 
 def is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
     """LOCAL, or a v1 line naming the proxy's own socket (HAProxy's check-send-proxy): no client would."""
     if header is None:
         return False
-    if header.command == Command.LOCAL:
+    if header.command is _LOCAL:
         return True
     return isinstance(header.source, tuple) and isinstance(real_peer, tuple) and header.source == real_peer[:2]
 
@@ -368,15 +428,14 @@ def is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
 HEALTH_CHECK_WATCH = 0.05
 
 
-def health_check_ended(conn: ProxySocket, header: ProxyHeader | None, real_peer: Any, where: str) -> bool:
-    """Whether ``conn`` is a health check whose peer closed or reset right after its header.
+def health_check_ended(conn: ProxySocket, real_peer: Any, where: str) -> bool:
+    """Whether ``conn``, a health check (:func:`is_health_check`), closed or reset right after its header.
 
     Such a connection is to be dropped (this logs its one debug line):
     handing it to an application would end in a write to a reset socket,
-    and often a traceback.
+    and often a traceback. The caller asks :func:`is_health_check` first: a
+    call less on every other connection.
     """
-    if not is_health_check(header, real_peer):
-        return False
     try:
         gevent.socket.wait_read(conn.fileno(), timeout=HEALTH_CHECK_WATCH, timeout_exc=TimeoutError)
     except TimeoutError:
@@ -473,7 +532,7 @@ class _Acceptor:
             except OSError as error:
                 self.ready.put(error)  # accept() raises it, as a plain socket would
                 return
-            conn = ProxySocket(listener.family, listener.type, listener.proto, fileno=fd)
+            conn = new_connection(listener.family, listener.type, listener.proto, fd)
             self.unstarted[self.handshakes.spawn(self._handshake, conn, address)] = conn
 
     @staticmethod
@@ -511,7 +570,7 @@ class _Acceptor:
             conn.close()  # killed by stop(), or a bug: never leak the fd
             self.slots.release()
             raise
-        if health_check_ended(conn, conn.proxy_header, real_peer, self.refusals.where):
+        if is_health_check(conn.proxy_header, real_peer) and health_check_ended(conn, real_peer, self.refusals.where):
             conn.close()  # no handler to run
             self.slots.release()
             return

@@ -14,7 +14,7 @@ on every interface), so each of these is an error naming the entry.
 import ipaddress
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 #: The default: loopback only.
@@ -71,8 +71,9 @@ class TrustedProxies:
         entries = [str(network).strip() for network in networks]
         self.everyone = EVERYONE in entries
         self.networks: tuple[_Network, ...] = tuple(parse_network(entry) for entry in entries if entry != EVERYONE)
-        # Sources are few (the load balancers): remember the verdicts.
-        self._cached_verdict = lru_cache(maxsize=4096)(self._verdict)
+        #: Whether the host of an IP peer (``address[0]``) may send a header;
+        #: the verdicts are remembered, sources being few (the load balancers).
+        self.trusts_host: Callable[[str], bool] = lru_cache(maxsize=4096)(self._host_verdict)
 
     def __repr__(self) -> str:
         shown = [EVERYONE] if self.everyone else [str(network) for network in self.networks]
@@ -89,15 +90,15 @@ class TrustedProxies:
         AF_UNIX peers (``str``/``bytes`` addresses) are always trusted: the
         socket file's permissions decide who connects.
         """
-        if self.everyone:
-            return True
         if isinstance(peer, tuple):
             peer = peer[0]
-        if not isinstance(peer, str) or not peer or "/" in peer:
-            return isinstance(peer, (str, bytes))  # AF_UNIX path or abstract name
-        return self._cached_verdict(peer)
+        if isinstance(peer, str):
+            return self.trusts_host(peer)
+        return self.everyone or isinstance(peer, bytes)  # an abstract AF_UNIX name
 
-    def _verdict(self, host: str) -> bool:
+    def _host_verdict(self, host: str) -> bool:
+        if self.everyone or not host or "/" in host:  # everyone; an AF_UNIX path
+            return True
         try:
             address = ipaddress.ip_address(host.partition("%")[0])
         except ValueError:

@@ -237,12 +237,20 @@ class ChunkedSocket:
         self.arrivals += 1
 
     def recv(self, size: int, flags: int = 0) -> bytes:
+        self._wait(self._read_event)
+        return self._take(size, flags)
+
+    #: What a gevent socket's ``_wait`` waits on (read_header waits itself, then reads ``_sock``).
+    _read_event = "read"
+
+    def _wait(self, watcher: str, timeout_exc: Any = None) -> None:
+        """The wait for readability: the next chunk arrives, or the end of the connection."""
+        assert watcher == "read"
         if not self.buffer:
             if self.pending:
                 self._deliver()
             elif self.then_silent:
                 raise AssertionError("the reader waits for bytes a silent client will never send")
-        return self._take(size, flags)
 
     def _take(self, size: int, flags: int) -> bytes:
         self.calls += 1
