@@ -26,21 +26,12 @@ from .support import (
     V2_TCP6,
     CommandLine,
     client_tls_context,
+    free_ports,
     make_certificate,
     read_all,
     read_line,
     wait_until,
 )
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The dispatcher's limits: ``max_connections`` per process, ``idle_timeout`` per service."""
 
 import logging
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,17 +10,7 @@ import pytest
 from gevent_proxyproto._config import ConfigError, DispatcherConfig, ServiceConfig, config_from_mapping
 from gevent_proxyproto._dispatch import Dispatcher
 
-from .support import V1_TCP4, read_all, read_line, wait_until
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+from .support import V1_TCP4, free_ports, read_all, read_line, wait_until
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from .conftest import REPO
 from .support import (
     V2_TCP4,
     client_tls_context,
+    free_ports,
     live_greenlets,
     make_certificate,
     open_fds,
@@ -29,7 +30,6 @@ from .support import (
     read_line,
     wait_until,
 )
-from .test_dispatch import free_ports
 
 PROXIED = ("203.0.113.7", 4242)  # the client V2_TCP4 names
 XMPP_OPENING = (

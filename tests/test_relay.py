@@ -21,7 +21,7 @@ import gevent_proxyproto as gpp
 from gevent_proxyproto._sending import header_for
 
 from .conftest import REPO
-from .support import CommandLine, Recorder, needs_ipv6, open_fds, read_all, read_line, serving, wait_until
+from .support import CommandLine, Recorder, free_ports, needs_ipv6, open_fds, read_all, read_line, serving, wait_until
 
 
 @contextlib.contextmanager
@@ -32,14 +32,6 @@ def relaying(upstream: Any, listener: Any = ("127.0.0.1", 0), **kwargs: Any) -> 
         yield relay
     finally:
         relay.stop(timeout=1)
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
 
 
 def refused(address: tuple[str, int]) -> bool:

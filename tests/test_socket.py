@@ -304,6 +304,7 @@ class TestProxySocketListener:
             assert read_all(client) == b""  # closed by the server
             client.close()
 
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -17,20 +17,10 @@ from gevent_proxyproto._config import DispatcherConfig
 from gevent_proxyproto._dispatch import Dispatcher
 from gevent_proxyproto._supervisor import FIRST_RESTART_DELAY, MAX_RESTART_DELAY, restart_delay
 
-from .support import V1_TCP4, CommandLine, is_listening, read_all, read_line, wait_until
+from .support import V1_TCP4, CommandLine, free_ports, is_listening, read_all, read_line, wait_until
 
 READY = r"ready: "
 WORKER_READY = r"worker (\d+) ready"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def mapping(grace_period: float = 10.0, **ports: int) -> str:

@@ -23,8 +23,7 @@ from gevent_proxyproto._config import ConfigError, config_from_mapping
 from gevent_proxyproto._dispatch import Dispatcher
 
 from .conftest import REPO
-from .support import V1_TCP4, make_certificate, read_all, wait_until
-from .test_dispatch import free_ports
+from .support import V1_TCP4, free_ports, make_certificate, read_all, wait_until
 from .test_monkey import SERVERS, ask, connect, free_port, running, servers
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
