@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -60,3 +61,21 @@ def gevent_timeout_guard(request: pytest.FixtureRequest) -> Any:
         yield
     finally:
         guard.cancel()
+
+
+@pytest.fixture
+def dispatcher_for() -> Iterator[Any]:
+    """Start a Dispatcher for a config; every one started is stopped after the test."""
+    from gevent_proxyproto import Dispatcher, DispatcherConfig
+
+    started: list[Dispatcher] = []
+
+    def start(config: DispatcherConfig) -> Dispatcher:
+        dispatcher = Dispatcher(config)
+        dispatcher.start()
+        started.append(dispatcher)
+        return dispatcher
+
+    yield start
+    for dispatcher in started:
+        dispatcher.stop(grace_period=1)

@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -32,21 +31,6 @@ from .support import (
     read_line,
     wait_until,
 )
-
-
-@pytest.fixture
-def dispatcher_for() -> Iterator[Any]:
-    started: list[Dispatcher] = []
-
-    def start(config: DispatcherConfig) -> Dispatcher:
-        dispatcher = Dispatcher(config)
-        dispatcher.start()
-        started.append(dispatcher)
-        return dispatcher
-
-    yield start
-    for dispatcher in started:
-        dispatcher.stop(grace_period=1)
 
 
 def ask(port: int, data: bytes = b"") -> bytes:

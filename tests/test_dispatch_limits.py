@@ -1,38 +1,21 @@
 """The dispatcher's limits: ``max_connections`` per process, ``idle_timeout`` per service."""
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import gevent.socket
 import pytest
 
 from gevent_proxyproto._config import ConfigError, DispatcherConfig, ServiceConfig, config_from_mapping
-from gevent_proxyproto._dispatch import Dispatcher
 
 from .support import V1_TCP4, free_ports, read_all, read_line, wait_until
 
 
-@pytest.fixture
-def dispatcher() -> Iterator[Any]:
-    started: list[Dispatcher] = []
-
-    def start(config: DispatcherConfig) -> Dispatcher:
-        running = Dispatcher(config)
-        running.start()
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        running.stop(grace_period=1)
-
-
 def test_connections_over_max_connections_are_closed_at_once_with_one_warning(
-    dispatcher: Any, caplog: pytest.LogCaptureFixture
+    dispatcher_for: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy, plain = free_ports(2)
-    running = dispatcher(
+    running = dispatcher_for(
         DispatcherConfig(
             max_connections=2,
             proxy_ports=(proxy,),
@@ -63,10 +46,10 @@ def test_connections_over_max_connections_are_closed_at_once_with_one_warning(
 
 
 def test_a_refusal_warning_after_the_interval_counts_the_unlogged(
-    dispatcher: Any, caplog: pytest.LogCaptureFixture
+    dispatcher_for: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     (plain,) = free_ports(1)
-    running = dispatcher(DispatcherConfig(max_connections=1, services={"e": ServiceConfig("e", "echo", (plain,))}))
+    running = dispatcher_for(DispatcherConfig(max_connections=1, services={"e": ServiceConfig("e", "echo", (plain,))}))
     held = gevent.socket.create_connection(("127.0.0.1", plain), timeout=5)
     held.sendall(b"x\n")
     assert read_line(held) == b"x\n"
@@ -83,10 +66,10 @@ def test_a_refusal_warning_after_the_interval_counts_the_unlogged(
     assert running.refused_connections == 4
 
 
-def test_a_service_idle_timeout_closes_a_silent_connection(dispatcher: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_service_idle_timeout_closes_a_silent_connection(dispatcher_for: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gevent_proxyproto")
     proxy, plain = free_ports(2)
-    running = dispatcher(
+    running = dispatcher_for(
         DispatcherConfig(
             proxy_ports=(proxy,),
             proxy_port_mappings={proxy: "quick"},
