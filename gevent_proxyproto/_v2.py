@@ -10,7 +10,7 @@ import struct
 
 from ._crc32c import crc32c
 from ._errors import IncompleteHeader, InvalidHeader, Reason
-from ._model import TLV, Address, Command, ProxyHeader, TLVType, new_header, split_tlvs
+from ._model import TLV, Address, Command, ProxyHeader, TLVType, new_header, split_tlvs, tlvs_frame
 from ._wire import (
     AUTHORITY_MAX,
     CRC32C_SIZE,
@@ -224,23 +224,29 @@ def _lenient_tlvs(header: bytes, start: int, block_size: int) -> tuple[TLV, ...]
 
 def _check_tlvs(header: bytes, start: int, tlvs: tuple[TLV, ...]) -> None:
     """The TLV rules of SPEC.md section 4; the CRC32C, the only costly one, is verified last and once."""
-    position = start
-    crc_position = -1
-    for tlv_type, value in tlvs:
+    crc_tlv = None
+    for tlv in tlvs:
+        tlv_type = tlv[0]
         if tlv_type in _CHECKED_TYPES:
             if tlv_type == _CRC32C:
                 # Each CRC32C is a pass over the whole header: a second one is
                 # refused before any is computed (HAProxy writes one).
-                if crc_position >= 0:
+                if crc_tlv is not None:
                     raise InvalidHeader(Reason.BAD_HDR, "v2 header has more than one CRC32C TLV")
-                if len(value) != CRC32C_SIZE:
-                    raise InvalidHeader(Reason.BAD_HDR, f"v2 CRC32C TLV has {len(value)} bytes, not 4")
-                crc_position = position
+                if len(tlv[1]) != CRC32C_SIZE:
+                    raise InvalidHeader(Reason.BAD_HDR, f"v2 CRC32C TLV has {len(tlv[1])} bytes, not 4")
+                crc_tlv = tlv
             else:
-                _check_tlv(tlv_type, value)
-        position += 3 + len(value)
-    if crc_position >= 0:
-        _check_crc32c(header, crc_position + 3)
+                _check_tlv(tlv_type, tlv[1])
+    if crc_tlv is not None:
+        # Its offset, summed only now (HAProxy writes it first: no sum at all),
+        # not by every turn of the loop above.
+        position = start
+        for tlv in tlvs:
+            if tlv is crc_tlv:
+                break
+            position += 3 + len(tlv[1])
+        _check_crc32c(header, position + 3)
 
 
 def _check_crc32c(header: bytes, start: int) -> None:
@@ -267,7 +273,7 @@ def _check_tlv(tlv_type: int, value: bytes) -> None:
         if size > UNIQUE_ID_MAX:
             raise InvalidHeader(Reason.BAD_HDR, f"v2 UNIQUE_ID TLV has {size} bytes, over {UNIQUE_ID_MAX}")
     elif tlv_type == _SSL:
-        if size < SSL_FIXED_SIZE or split_tlvs(value, SSL_FIXED_SIZE, size) is None:
+        if size < SSL_FIXED_SIZE or not tlvs_frame(value, SSL_FIXED_SIZE, size):
             raise InvalidHeader(
                 Reason.BAD_HDR, "v2 SSL TLV is malformed (under 5 bytes, or sub-TLVs that do not frame)"
             )
