@@ -45,6 +45,7 @@ from ._policy import (
     log,
     policy_from_keywords,
 )
+from ._turns import wait_readable
 
 #: Handshakes a listening ProxySocket runs at once (headers being read plus
 #: connections ready but not yet accepted).
@@ -83,7 +84,7 @@ def read_header(
     peeked = b""  # seen but not consumed yet
     saved_timeout = sock.timeout
     try:
-        peeked = _peek(sock, deadline)
+        peeked = _peek(sock, deadline, mid_header=False)
         while True:
             data = received + peeked
             header, length, exact = _parse(data, allow_v4_in_tcp6, max_header_size)
@@ -140,20 +141,25 @@ def _parse(data: bytes, allow_v4_in_tcp6: bool, max_header_size: int) -> tuple[P
     return header, length, False
 
 
-def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float) -> bytes:
+def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float, mid_header: bool = True) -> bytes:
     """Wait until bytes arrive (HeaderTimeout at the deadline), then one recv of the kernel socket.
 
-    gevent's own wait, as its ``recv`` does, with the socket's timeout; but
-    given the exception class, gevent builds none until the deadline passes
-    (its ``recv`` makes a ``TimeoutError`` for every wait: memory held by each
-    connection waiting for its header), and no second ``recv`` that fails
-    before the wait.
+    The wait for a connection's first bytes is gevent's own, as its ``recv``
+    does, with the socket's timeout; but given the exception class, gevent
+    builds none until the deadline passes (its ``recv`` makes a
+    ``TimeoutError`` for every wait: memory held by each connection waiting
+    for its header), and no second ``recv`` that fails before the wait. A
+    wait in the middle of a header (a slow client's) also waits for its turn
+    (``_turns.py``): a burst of them cannot hold the event loop.
     """
     remaining = deadline - _monotonic()
     if remaining <= 0:
         raise HeaderTimeout()
-    sock.timeout = remaining
-    sock._wait(sock._read_event, HeaderTimeout)
+    if mid_header:
+        wait_readable(sock, remaining)
+    else:
+        sock.timeout = remaining
+        sock._wait(sock._read_event, HeaderTimeout)
     return sock._sock.recv(size, flags)  # type: ignore[no-any-return]
 
 
@@ -165,13 +171,13 @@ def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float) -> bytes:
 # the exception and its traceback alive for as long as the client takes.
 
 
-def _peek(sock: Any, deadline: float) -> bytes:
+def _peek(sock: Any, deadline: float, mid_header: bool = True) -> bytes:
     try:
         peeked = sock._sock.recv(_PEEK_SIZE, _MSG_PEEK)
     except BlockingIOError:
         peeked = None
     if peeked is None:
-        peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline)
+        peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline, mid_header)
     if not peeked:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
     return peeked  # type: ignore[no-any-return]

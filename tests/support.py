@@ -240,12 +240,18 @@ class ChunkedSocket:
         self._wait(self._read_event)
         return self._take(size, flags)
 
-    #: What a gevent socket's ``_wait`` waits on (read_header waits itself, then reads ``_sock``).
-    _read_event = "read"
+    @property
+    def hub(self) -> Any:
+        return gevent.get_hub()
 
-    def _wait(self, watcher: str, timeout_exc: Any = None) -> None:
+    @property
+    def _read_event(self) -> "_ReadWatcher":
+        """What read_header waits on: a gevent socket's io watcher (read_header waits itself, then reads ``_sock``)."""
+        return _ReadWatcher(self)
+
+    def _wait(self, watcher: "_ReadWatcher", timeout_exc: Any = None) -> None:
         """The wait for readability: the next chunk arrives, or the end of the connection."""
-        assert watcher == "read"
+        assert watcher.sock is self
         if not self.buffer:
             if self.pending:
                 self._deliver()
@@ -267,6 +273,26 @@ class ChunkedSocket:
 
     def unread(self) -> bytes:
         return self.buffer + b"".join(self.pending)
+
+
+class _ReadWatcher:
+    """A gevent io watcher, for waits that start one: started, the next chunk arrives and the callback runs."""
+
+    def __init__(self, sock: ChunkedSocket) -> None:
+        self.sock = sock
+        self.callback: Any = None
+
+    def start(self, callback: Any) -> None:
+        self.callback = callback
+        self.sock._wait(self)
+        gevent.get_hub().loop.run_callback(self._fire)
+
+    def _fire(self) -> None:
+        if self.callback is not None:
+            self.callback()
+
+    def stop(self) -> None:
+        self.callback = None
 
 
 class _KernelSocket:

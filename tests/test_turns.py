@@ -1,0 +1,137 @@
+"""Turns for mid-header reads (``_turns.py``): a burst of slow clients is read in slices.
+
+Each test puts many connections in the middle of their header (the first
+bytes read, the rest not sent), then sends the rest to all of them at once, so
+that one poll makes them all ready, and counts how many headers each
+event-loop iteration finished. A prepare watcher, which libev runs once per
+iteration before it polls, closes each iteration's count.
+"""
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import gevent.socket
+import pytest
+
+from gevent_proxyproto import HeaderTimeout, _turns, read_header
+
+from .support import V1_TCP4, wait_until
+
+CONNECTIONS = 100
+
+
+class IterationCounter:
+    """Headers finished per event-loop iteration."""
+
+    def __init__(self) -> None:
+        self.per_iteration: list[int] = []
+        self.current = 0
+        self._prepare = gevent.get_hub().loop.prepare(ref=False)
+        self._prepare.start(self._next_iteration)
+
+    def _next_iteration(self) -> None:
+        if self.current:
+            self.per_iteration.append(self.current)
+        self.current = 0
+
+    def finished(self) -> None:
+        self.current += 1
+
+    def close(self) -> None:
+        self._prepare.stop()
+        self._next_iteration()
+
+
+@pytest.fixture
+def mid_header() -> Iterator[tuple[list[Any], list[Any]]]:
+    """CONNECTIONS socket pairs, each server side with the first 6 bytes of a v1 header read (mid-header)."""
+    pairs = [gevent.socket.socketpair() for _ in range(CONNECTIONS)]
+    yield [server for server, _ in pairs], [client for _, client in pairs]
+    for server, client in pairs:
+        server.close()
+        client.close()
+
+
+def start_readers(servers: list[Any], counter: IterationCounter, timeout: float = 10) -> list[Any]:
+    def read(sock: Any) -> Any:
+        header = read_header(sock, time.monotonic() + timeout)
+        counter.finished()
+        return header
+
+    return [gevent.spawn(read, sock) for sock in servers]
+
+
+def waiting_mid_header(servers: list[Any]) -> bool:
+    """Every reader has consumed the first bytes (nothing left in the kernel): it waits mid-header."""
+    for sock in servers:
+        try:
+            sock._sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        return False
+    return True
+
+
+def send_the_rest_at_once(clients: list[Any]) -> None:
+    """The rest of every header, sent without yielding: one poll finds them all ready."""
+    for client in clients:
+        client.send(V1_TCP4[6:])
+
+
+def parked_readers() -> list[Any]:
+    turns = _turns._turns_by_hub.get(gevent.get_hub())
+    return [] if turns is None else [entry.greenlet for entry in turns._parked if entry.greenlet is not None]
+
+
+def test_a_burst_of_mid_header_reads_runs_a_budget_per_iteration(mid_header: Any) -> None:
+    servers, clients = mid_header
+    counter = IterationCounter()
+    for client in clients:
+        client.send(V1_TCP4[:6])  # "PROXY ": read, then the readers wait mid-header
+    readers = start_readers(servers, counter)
+    wait_until(lambda: waiting_mid_header(servers))
+    send_the_rest_at_once(clients)
+    gevent.joinall(readers, timeout=10, raise_error=True)
+    counter.close()
+    assert all(reader.value.source == ("203.0.113.7", 4242) for reader in readers)
+    # Without turns one iteration would finish all CONNECTIONS headers.
+    assert max(counter.per_iteration) == _turns.READS_PER_ITERATION
+    assert len(counter.per_iteration) >= CONNECTIONS // _turns.READS_PER_ITERATION
+
+
+def test_a_reader_killed_while_parked_is_skipped(mid_header: Any, monkeypatch: Any) -> None:
+    servers, clients = mid_header
+    monkeypatch.setattr(_turns, "READS_PER_ITERATION", 0)  # no turn: every woken read parks
+    counter = IterationCounter()
+    for client in clients:
+        client.send(V1_TCP4[:6])
+    readers = start_readers(servers, counter)
+    wait_until(lambda: waiting_mid_header(servers))
+    send_the_rest_at_once(clients)
+    wait_until(lambda: len(parked_readers()) == CONNECTIONS)
+    killed = parked_readers()[::10]
+    gevent.killall(killed)
+    monkeypatch.setattr(_turns, "READS_PER_ITERATION", 1)
+    gevent.joinall(readers, timeout=10)
+    counter.close()
+    assert all(reader.successful() for reader in readers if reader not in killed)
+    assert max(counter.per_iteration) == 1
+    assert sum(counter.per_iteration) == CONNECTIONS - len(killed)
+
+
+def test_a_parked_reader_still_times_out_at_its_deadline(mid_header: Any, monkeypatch: Any) -> None:
+    servers, clients = mid_header
+    monkeypatch.setattr(_turns, "READS_PER_ITERATION", 0)  # no turn ever: every woken read parks
+    counter = IterationCounter()
+    for client in clients[:5]:
+        client.send(V1_TCP4[:6])
+    readers = start_readers(servers[:5], counter, timeout=0.2)
+    wait_until(lambda: waiting_mid_header(servers[:5]))
+    send_the_rest_at_once(clients[:5])
+    gevent.joinall(readers, timeout=5)
+    counter.close()
+    assert all(isinstance(reader.exception, HeaderTimeout) for reader in readers)
+    wait_until(lambda: not _turns._turns_by_hub[gevent.get_hub()]._parked)  # the stale entries are dropped
