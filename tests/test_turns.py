@@ -16,7 +16,7 @@ import gevent
 import gevent.socket
 import pytest
 
-from gevent_proxyproto import HeaderTimeout, _turns, read_header
+from gevent_proxyproto import ConnectionClosed, HeaderTimeout, _turns, read_header
 
 from .support import V1_TCP4, wait_until
 
@@ -135,3 +135,34 @@ def test_a_parked_reader_still_times_out_at_its_deadline(mid_header: Any, monkey
     counter.close()
     assert all(isinstance(reader.exception, HeaderTimeout) for reader in readers)
     wait_until(lambda: not _turns._turns_by_hub[gevent.get_hub()]._parked)  # the stale entries are dropped
+
+
+def test_a_socket_closed_while_its_reader_is_parked_ends_the_read(mid_header: Any, monkeypatch: Any) -> None:
+    servers, clients = mid_header
+    monkeypatch.setattr(_turns, "READS_PER_ITERATION", 0)
+    counter = IterationCounter()
+    clients[0].send(V1_TCP4[:6])
+    reader = start_readers(servers[:1], counter)[0]
+    wait_until(lambda: waiting_mid_header(servers[:1]))
+    send_the_rest_at_once(clients[:1])
+    wait_until(lambda: parked_readers() == [reader])
+    servers[0].close()  # by another greenlet, as a server's stop does
+    monkeypatch.setattr(_turns, "READS_PER_ITERATION", 1)
+    reader.join(timeout=5)
+    counter.close()
+    assert isinstance(reader.exception, ConnectionClosed)
+
+
+def test_a_socket_closed_while_its_reader_waits_mid_header_ends_the_read(mid_header: Any) -> None:
+    """gevent's cancel_wait throws into the watcher callback's owner: the read ends, as with gevent's own wait."""
+    servers, clients = mid_header
+    counter = IterationCounter()
+    clients[0].send(V1_TCP4[:6])
+    reader = start_readers(servers[:1], counter)[0]
+    wait_until(lambda: waiting_mid_header(servers[:1]))
+    gevent.sleep(0)  # the reader is in its wait
+    assert servers[0]._read_event.callback is not None
+    servers[0].close()
+    reader.join(timeout=5)
+    counter.close()
+    assert isinstance(reader.exception, ConnectionClosed)
