@@ -48,9 +48,12 @@ class _Turns:
         # The lowest priority: in its iteration, it runs after the io watchers
         # that the poll made ready (libev runs higher priorities first).
         self._timer = loop.timer(0.0, priority=loop.MINPRI)
-        # Runs before the loop's next poll: the turns are counted per iteration.
-        # (Not by the loop's time: starting a gevent Timeout updates it.)
-        self._new_iteration = loop.prepare(ref=False)
+        # Runs once the loop has polled again (libev: before the io watchers
+        # the poll made ready, at the highest priority; libuv: after them):
+        # the turns are counted per iteration. Not by the loop's time, which
+        # starting a gevent Timeout updates; not a prepare watcher, which
+        # gevent's libuv loop does not have.
+        self._new_iteration = loop.check(ref=False, priority=loop.MAXPRI)
         self._used = 0
 
     def take(self) -> bool:

@@ -3,8 +3,8 @@
 Each test puts many connections in the middle of their header (the first
 bytes read, the rest not sent), then sends the rest to all of them at once, so
 that one poll makes them all ready, and counts how many headers each
-event-loop iteration finished. A prepare watcher, which libev runs once per
-iteration before it polls, closes each iteration's count.
+event-loop iteration finished. A check watcher, which the loop runs once per
+iteration after it polls, closes each iteration's count.
 """
 
 import socket
@@ -29,8 +29,9 @@ class IterationCounter:
     def __init__(self) -> None:
         self.per_iteration: list[int] = []
         self.current = 0
-        self._prepare = gevent.get_hub().loop.prepare(ref=False)
-        self._prepare.start(self._next_iteration)
+        loop = gevent.get_hub().loop
+        self._check = loop.check(ref=False, priority=loop.MAXPRI)
+        self._check.start(self._next_iteration)
 
     def _next_iteration(self) -> None:
         if self.current:
@@ -41,7 +42,7 @@ class IterationCounter:
         self.current += 1
 
     def close(self) -> None:
-        self._prepare.stop()
+        self._check.stop()
         self._next_iteration()
 
 
