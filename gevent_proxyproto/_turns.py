@@ -9,11 +9,12 @@ read) waits for all of them, every time the burst comes
 
 So a wait *in the middle of a header* (:func:`wait_readable`) ends with a
 turn: at most :data:`READS_PER_ITERATION` such reads resume in one loop
-iteration. The watcher's callback decides, in the hub: a read past the budget
-is not resumed but parked (its watcher stopped, so it does not fire again),
-which costs a callback, not a switch, a read and a parse. A timer resumes the
-parked reads, oldest first, a budget per iteration, after that iteration's
-poll: whatever became ready in between runs first. A connection's first
+iteration. The watcher's callback decides, in the hub: a read past the budget,
+or woken while others are parked, is not resumed but parked (its watcher
+stopped, so it does not fire again), which costs a callback, not a switch, a
+read and a parse. A timer resumes the parked reads, oldest first, a budget per
+iteration, after that iteration's io callbacks: whatever became ready in
+between runs first. A connection's first
 bytes never wait for a turn (the caller waits for those itself): a good
 client's header arrives in one segment, and is read at once.
 
@@ -69,10 +70,18 @@ class _Turns:
         self._used = 0
         self._new_iteration.stop()
 
-    def park(self, wait: "_Wait") -> None:
+    def admit(self, wait: "_Wait") -> bool:
+        """Whether a read just woken may run now; if not, it is parked, behind those parked before it.
+
+        Not before them: fresh wake-ups every iteration would otherwise take
+        every turn, and a read parked earlier would wait for its deadline.
+        """
+        if not self._parked and self.take():
+            return True
         self._parked.append(wait)
         if not self._timer.active:
             self._timer.start(self._resume_parked)
+        return False
 
     def _resume_parked(self) -> None:
         """The timer: resume parked reads, oldest first, while this iteration has turns."""
@@ -99,12 +108,11 @@ class _Wait:
         self.turns = turns
 
     def ready(self) -> None:
-        """The io watcher's callback: resume the read if a turn is left, else park it."""
-        if self.turns.take():
+        """The io watcher's callback: resume the read if it has its turn, else park it."""
+        if self.turns.admit(self):
             self.greenlet.switch(_RESUMED)
         else:
-            self.watcher.stop()
-            self.turns.park(self)
+            self.watcher.stop()  # parked: the socket stays readable, the watcher must not fire again
 
     def expire(self) -> None:
         """The deadline timer's callback."""

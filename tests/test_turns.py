@@ -167,3 +167,29 @@ def test_a_socket_closed_while_its_reader_waits_mid_header_ends_the_read(mid_hea
     reader.join(timeout=5)
     counter.close()
     assert isinstance(reader.exception, ConnectionClosed)
+
+
+def test_reads_parked_first_resume_first(mid_header: Any, monkeypatch: Any) -> None:
+    """Fresh wake-ups queue behind parked reads: they cannot take every turn and starve them."""
+    servers, clients = mid_header
+    monkeypatch.setattr(_turns, "READS_PER_ITERATION", 0)
+    counter = IterationCounter()
+    for client in clients[:10]:
+        client.send(V1_TCP4[:6])
+    finished: list[int] = []
+
+    def read(index: int) -> None:
+        read_header(servers[index], time.monotonic() + 10)
+        counter.finished()
+        finished.append(index)
+
+    readers = [gevent.spawn(read, index) for index in range(10)]
+    wait_until(lambda: waiting_mid_header(servers[:10]))
+    send_the_rest_at_once(clients[:5])
+    wait_until(lambda: len(parked_readers()) == 5)  # 0-4 parked
+    send_the_rest_at_once(clients[5:10])  # 5-9 wake up fresh, with turns to take
+    monkeypatch.setattr(_turns, "READS_PER_ITERATION", 1)
+    gevent.joinall(readers, timeout=10, raise_error=True)
+    counter.close()
+    assert sorted(finished[:5]) == [0, 1, 2, 3, 4]
+    assert max(counter.per_iteration) == 1
