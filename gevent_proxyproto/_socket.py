@@ -82,6 +82,7 @@ def read_header(
     """
     received = b""  # consumed: header bytes
     peeked = b""  # seen but not consumed yet
+    drained = False  # the last recv emptied the kernel's buffer
     saved_timeout = sock.timeout
     try:
         peeked = _peek(sock, deadline, mid_header=False)
@@ -101,7 +102,13 @@ def read_header(
                 # has arrived of it (an exact count waits here for the rest of
                 # a header whose size it knows), then parse it before waiting again:
                 # the bytes read may end the header, or make it invalid.
-                received += _recv_some(sock, known - len(received), deadline)
+                wanted = known - len(received)
+                chunk = _recv_some(sock, wanted, deadline)
+                received += chunk
+                # Fewer bytes than asked: the kernel had no more, so the next
+                # look waits first (a trickling client: no recv that fails).
+                drained = len(chunk) < wanted
+                del chunk
                 peeked = b""
                 if len(received) > len(data) or exact:
                     continue
@@ -109,7 +116,7 @@ def read_header(
             # Not holding the bytes seen while waiting: as a rule the peek's
             # 512-byte buffer, shrunk, whose memory a new connection can reuse.
             del data
-            peeked = _peek(sock, deadline)
+            peeked = _peek(sock, deadline, look_first=not drained)
     except TimeoutError:
         raise HeaderTimeout() from None
     except ConnectionClosed as closed:
@@ -171,11 +178,13 @@ def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float, mid_header
 # the exception and its traceback alive for as long as the client takes.
 
 
-def _peek(sock: Any, deadline: float, mid_header: bool = True) -> bytes:
-    try:
-        peeked = sock._sock.recv(_PEEK_SIZE, _MSG_PEEK)
-    except BlockingIOError:
-        peeked = None
+def _peek(sock: Any, deadline: float, mid_header: bool = True, look_first: bool = True) -> bytes:
+    peeked = None
+    if look_first:
+        try:
+            peeked = sock._sock.recv(_PEEK_SIZE, _MSG_PEEK)
+        except BlockingIOError:
+            pass
     if peeked is None:
         peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline, mid_header)
     if not peeked:
