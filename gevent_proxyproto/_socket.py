@@ -179,7 +179,7 @@ def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float, mid_header
 
 
 def _peek(sock: Any, deadline: float, mid_header: bool = True, look_first: bool = True) -> bytes:
-    peeked = None
+    peeked: bytes | None = None
     if look_first:
         try:
             peeked = sock._sock.recv(_PEEK_SIZE, _MSG_PEEK)
@@ -189,7 +189,7 @@ def _peek(sock: Any, deadline: float, mid_header: bool = True, look_first: bool 
         peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline, mid_header)
     if not peeked:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
-    return peeked  # type: ignore[no-any-return]
+    return peeked
 
 
 def _recv_some(sock: Any, count: int, deadline: float) -> bytes:
