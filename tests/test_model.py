@@ -284,7 +284,7 @@ def test_header_built_in_code_has_no_wire_bytes_of_its_own() -> None:
 @given(st.binary(max_size=64), st.integers(0, 64))
 def test_tlvs_frame_agrees_with_split_tlvs(data: bytes, start: int) -> None:
     """The parser's framing-only walk (SSL sub-TLVs) and the splitting walk give one verdict."""
-    from gevent_proxyproto._model import split_tlvs, tlvs_frame
+    from gevent_proxyproto._tlvs import split_tlvs, tlvs_frame
 
     start = min(start, len(data))
     assert tlvs_frame(data, start, len(data)) == (split_tlvs(data, start, len(data)) is not None)
