@@ -1,7 +1,7 @@
 """TLV framing, the hot loop of the v2 parser (SPEC.md section 4).
 
 ``type(1) length(2) value`` repeated. Kept apart from the value classes of
-``_model`` so that it can be compiled alone, classes untouched.
+``_model`` so that it can be compiled alone (``_accel``), classes untouched.
 """
 
 #: A TLV as found on the wire: ``(type, value)``.
@@ -42,3 +42,7 @@ def tlvs_frame(data: bytes, start: int, end: int) -> bool:
         position += 3 + (data[position + 1] << 8 | data[position + 2])
     return position == end
 
+
+from ._accel import import_c_accel  # noqa: E402 - last: it may replace every name above
+
+import_c_accel(globals(), "gevent_proxyproto._gevent_c_tlvs")

@@ -287,3 +287,7 @@ _UNIQUE_ID = int(TLVType.UNIQUE_ID)
 _SSL = int(TLVType.SSL)
 _CHECKED_TYPES = frozenset((_CRC32C, _AUTHORITY, _UNIQUE_ID, _SSL))
 
+
+from ._accel import import_c_accel  # noqa: E402 - last: it may replace every name above
+
+import_c_accel(globals(), "gevent_proxyproto._gevent_c_v2")
