@@ -39,19 +39,22 @@ def accelerator_extensions() -> list[Extension]:
                 f"gevent_proxyproto._gevent_c{name}",
                 [f"gevent_proxyproto/{name}.py"],
                 depends=[str(declarations.relative_to(HERE))] if declarations.exists() else [],
-                # A failed C compilation (no compiler, no Python headers) warns and
-                # leaves the pure module in use instead of failing the install.
-                optional=True,
             )
         )
     # The types are the .pxd files' business: the .py annotations are mypy's.
     # force: Cython's change tracking knows _v2.pxd, not our _gevent_c_v2.pxd.
     directives = {"language_level": 3, "annotation_typing": False}
     try:
-        return cythonize(extensions, compiler_directives=directives, build_dir="build/cython", quiet=True, force=True)  # type: ignore[no-any-return]
+        compiled = cythonize(extensions, compiler_directives=directives, build_dir="build/cython", quiet=True, force=True)
     except Exception as error:  # a Cython release that refuses our sources: still installable
         print(f"gevent-proxyproto: Cython failed ({error}): pure Python only", file=sys.stderr)
         return []
+    for extension in compiled:
+        # A failed C compilation (no compiler, no Python headers) warns and leaves
+        # the pure module in use instead of failing the install. Set here: cythonize()
+        # makes new Extension objects, without this flag.
+        extension.optional = True
+    return compiled  # type: ignore[no-any-return]
 
 
 setup(
