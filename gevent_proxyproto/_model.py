@@ -101,7 +101,9 @@ class SSLInfo:
         """Decode an SSL TLV's value; None if it is not well formed."""
         if len(value) < SSL_FIXED_SIZE:
             return None
-        sub_tlvs = split_tlvs(value, SSL_FIXED_SIZE, len(value))
+        # bytes() of bytes is the same object; of a bytearray (a header built in
+        # code), a copy: the framing takes exact bytes (compiled, it must).
+        sub_tlvs = split_tlvs(bytes(value), SSL_FIXED_SIZE, len(value))
         if sub_tlvs is None:
             return None
         return cls(SSLClient(value[0]), int.from_bytes(value[1:5], "big"), sub_tlvs)

@@ -154,6 +154,15 @@ def test_ssl_info_from_malformed_value_is_none(value: bytes) -> None:
     assert gpp.SSLInfo.from_value(value) is None
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_ssl_info_from_any_bytes_like_value(kind: type) -> None:
+    # A header built in code may hold a bytearray; the compiled TLV framing takes only bytes.
+    value = ssl_value(0x01, 0, (gpp.SSLSubType.VERSION, b"TLSv1.3"))
+    header = gpp.ProxyHeader(2, gpp.Command.PROXY, AF_INET, STREAM, ("192.0.2.1", 1), ("192.0.2.2", 2), ((0x20, kind(value)),))
+    assert header.ssl == gpp.SSLInfo.from_value(kind(value)) == gpp.SSLInfo.from_value(value)
+    assert header.ssl is not None and header.ssl.version == "TLSv1.3"
+
+
 # Value objects and errors --------------------------------------------------------------------------
 
 
