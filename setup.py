@@ -1,14 +1,61 @@
 """Packaging for gevent-proxyproto. The version lives in gevent_proxyproto/_version.py only."""
 
+import os
 import pathlib
+import platform
 import re
+import sys
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = pathlib.Path(__file__).resolve().parent
 VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "gevent_proxyproto" / "_version.py").read_text(), re.M
 ).group(1)  # type: ignore[union-attr]
+
+#: The parse path, also compiled by Cython from the same .py sources when Cython
+#: and a C compiler are present, in gevent's manner: gevent_proxyproto/_v2.py
+#: becomes the extension gevent_proxyproto._gevent_c_v2, typed by the
+#: declarations of gevent_proxyproto/_gevent_c_v2.pxd, and the pure module adopts
+#: it at import (gevent_proxyproto/_accel.py). Only what bench/parse.py shows
+#: gains; _v1 (its time is in the re module) does not. Never a module that uses gevent.
+ACCELERATED = ("_tlvs", "_v2", "_parser")
+
+
+def accelerator_extensions() -> list[Extension]:
+    """The compiled parse core; none under PURE_PYTHON, on another interpreter, or without Cython."""
+    if os.environ.get("PURE_PYTHON") or platform.python_implementation() != "CPython":
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("gevent-proxyproto: Cython is not installed: pure Python only", file=sys.stderr)
+        return []
+    extensions = []
+    for name in ACCELERATED:
+        declarations = HERE / "gevent_proxyproto" / f"_gevent_c{name}.pxd"
+        extensions.append(
+            Extension(
+                f"gevent_proxyproto._gevent_c{name}",
+                [f"gevent_proxyproto/{name}.py"],
+                depends=[str(declarations.relative_to(HERE))] if declarations.exists() else [],
+            )
+        )
+    # The types are the .pxd files' business: the .py annotations are mypy's.
+    # force: Cython's change tracking knows _v2.pxd, not our _gevent_c_v2.pxd.
+    directives = {"language_level": 3, "annotation_typing": False}
+    try:
+        compiled = cythonize(extensions, compiler_directives=directives, build_dir="build/cython", quiet=True, force=True)
+    except Exception as error:  # a Cython release that refuses our sources: still installable
+        print(f"gevent-proxyproto: Cython failed ({error}): pure Python only", file=sys.stderr)
+        return []
+    for extension in compiled:
+        # A failed C compilation (no compiler, no Python headers) warns and leaves
+        # the pure module in use instead of failing the install. Set here: cythonize()
+        # makes new Extension objects, without this flag.
+        extension.optional = True
+    return compiled  # type: ignore[no-any-return]
+
 
 setup(
     name="gevent-proxyproto",
@@ -18,7 +65,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["gevent_proxyproto", "gevent_proxyproto.*"]),
-    package_data={"gevent_proxyproto": ["py.typed"]},
+    package_data={"gevent_proxyproto": ["py.typed", "*.pxd"]},
+    ext_modules=accelerator_extensions(),
     python_requires=">=3.10",
     install_requires=[
         "gevent>=24.2",

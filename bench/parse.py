@@ -13,6 +13,12 @@ HTTP request), exactly as they sit in a socket buffer:
   ALPN, AUTHORITY, UNIQUE_ID, SSL (sub-TLVs VERSION, CN, KEY_ALG, SIG_ALG,
   CIPHER), built by ``gevent_proxyproto.build_v2(..., crc32c=True)``.
 
+With ``--distinct-addresses`` each case cycles through 4,096 streams whose
+source and destination addresses all differ, so that our parsers' address-text
+memo (256 entries, ``_v1``/``_v2``) misses on every lookup: the cost of clients
+never seen before. The timed statement then also fetches the next stream (one
+iterator call, the same in every implementation's time).
+
 Every implementation does the whole job from the raw stream bytes to the parsed
 addresses: version detection, finding the end of the header (CRLF search or the
 v2 length field) and parsing. What each one calls:
@@ -83,6 +89,12 @@ repository root::
     /tmp/bench-venv/bin/python bench/parse.py --json /tmp/parse-bench.json
     /tmp/bench-venv/bin/python bench/parse.py --pure-crc32c   # as if crc32c were absent
     /tmp/bench-venv/bin/python bench/parse.py --peers-without-crc32c   # the peers verify nothing
+    /tmp/bench-venv/bin/python bench/parse.py --peers-without-crc32c --distinct-addresses  # memo misses
+    PURE_PYTHON=1 /tmp/bench-venv/bin/python bench/parse.py ...   # without the compiled parse core
+
+The parse core runs compiled when it is built in place in the checkout
+(``python setup.py build_ext --inplace``, docs/performance.rst); the first
+line of the output says which.
 
 (``parse()`` needs no gevent; ``pip install gevent`` too if you want the whole
 package importable.) The script benchmarks the checkout it sits in (it puts the
@@ -97,6 +109,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import ipaddress
+import itertools
 import json
 import os
 import pathlib
@@ -129,8 +142,20 @@ Parser = Callable[[bytes], Any]
 # --------------------------------------------------------------------------- cases
 
 
-def build_cases(gpp: Any) -> dict[str, bytes]:
-    """The five streams: header + application bytes."""
+#: Streams per case with --distinct-addresses: well over the address memo's 256 entries.
+DISTINCT_STREAMS = 4096
+
+
+def distinct_endpoints(index: int) -> dict[str, tuple[tuple[str, int], tuple[str, int]]]:
+    """The ``index``-th (source, destination) pair of each family, all different and shaped like the fixed ones."""
+    return {
+        "ipv4": ((f"192.0.{index >> 8}.{index & 0xFF}", 56324), (f"198.51.{100 + (index >> 8)}.{index & 0xFF}", 443)),
+        "ipv6": ((f"2001:db8:85a3::8a2e:{index:x}:7334", 56324), (f"2001:db8:1::ab9:{index:x}:102", 443)),
+    }
+
+
+def build_cases(gpp: Any, distinct: bool = False) -> dict[str, list[bytes]]:
+    """The five cases: streams of header + application bytes (one each, or DISTINCT_STREAMS)."""
     tlv_type, sub_type = gpp.TLVType, gpp.SSLSubType
 
     def tlv(kind: int, value: bytes) -> bytes:
@@ -151,15 +176,23 @@ def build_cases(gpp: Any) -> dict[str, bytes]:
         (tlv_type.UNIQUE_ID, b"C0000201:DC04_C6336414:01BB_6740B2A1_0001:1A2B"),
         (tlv_type.SSL, ssl_value),
     ]
-    headers = {
-        "v1-tcp4": gpp.build_v1(SOURCE4, DESTINATION4),
-        "v1-tcp6": gpp.build_v1(SOURCE6, DESTINATION6),
-        "v2-ipv4": gpp.build_v2(source=SOURCE4, destination=DESTINATION4),
-        "v2-ipv6": gpp.build_v2(source=SOURCE6, destination=DESTINATION6),
-        # crc32c=True puts the CRC32C TLV first, where HAProxy puts it.
-        "v2-tlv": gpp.build_v2(source=SOURCE4, destination=DESTINATION4, tlvs=haproxy_tlvs, crc32c=True),
-    }
-    return {name: header + APPLICATION_BYTES for name, header in headers.items()}
+    endpoints = [distinct_endpoints(index) for index in range(DISTINCT_STREAMS)] if distinct else [
+        {"ipv4": (SOURCE4, DESTINATION4), "ipv6": (SOURCE6, DESTINATION6)}
+    ]
+    streams: dict[str, list[bytes]] = {case: [] for case in CASES}
+    for pairs in endpoints:
+        (source4, destination4), (source6, destination6) = pairs["ipv4"], pairs["ipv6"]
+        headers = {
+            "v1-tcp4": gpp.build_v1(source4, destination4),
+            "v1-tcp6": gpp.build_v1(source6, destination6),
+            "v2-ipv4": gpp.build_v2(source=source4, destination=destination4),
+            "v2-ipv6": gpp.build_v2(source=source6, destination=destination6),
+            # crc32c=True puts the CRC32C TLV first, where HAProxy puts it.
+            "v2-tlv": gpp.build_v2(source=source4, destination=destination4, tlvs=haproxy_tlvs, crc32c=True),
+        }
+        for case, header in headers.items():
+            streams[case].append(header + APPLICATION_BYTES)
+    return streams
 
 
 # --------------------------------------------------------------------------- implementations
@@ -324,11 +357,16 @@ def calibrate(timer: timeit.Timer, round_seconds: float) -> int:
 
 
 def interleaved(
-    cells: dict[tuple[str, str], Parser], streams: dict[tuple[str, str], bytes], rounds: int, round_seconds: float
+    cells: dict[tuple[str, str], Parser], streams: dict[tuple[str, str], list[bytes]], rounds: int, round_seconds: float
 ) -> dict[tuple[str, str], list[float]]:
-    """ns per call for every cell, ``rounds`` times, cells interleaved within each round."""
+    """ns per call for every cell, ``rounds`` times, cells interleaved within each round.
+
+    A cell with several streams parses the next one of them at each call, in a cycle.
+    """
     timers = {
-        key: timeit.Timer("parse(stream)", globals={"parse": parse, "stream": streams[key]})
+        key: timeit.Timer("parse(stream)", globals={"parse": parse, "stream": streams[key][0]})
+        if len(streams[key]) == 1
+        else timeit.Timer("parse(next_stream())", globals={"parse": parse, "next_stream": itertools.cycle(streams[key]).__next__})
         for key, parse in cells.items()
     }
     numbers = {key: calibrate(timer, round_seconds) for key, timer in timers.items()}
@@ -373,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="hide the crc32c C package from proxyprotocol only: it then accepts v2-tlv without verifying the CRC32C",
     )
+    options.add_argument(
+        "--distinct-addresses",
+        action="store_true",
+        help=f"cycle through {DISTINCT_STREAMS} streams per case, every address different: the address memo misses",
+    )
     args = options.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
     round_seconds = (args.round_ms or (20.0 if args.quick else 40.0)) / 1000
@@ -383,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     gpp = importlib.import_module("gevent_proxyproto")
     crc_module = importlib.import_module("gevent_proxyproto._crc32c")
     crc_in_use = "pure Python" if gpp.crc32c is crc_module.crc32c_pure else "crc32c C package"
+    # The module whose code parse_v2 runs: _v2, or its compiled build _gevent_c_v2 (docs/performance.rst).
+    v2_module = importlib.import_module(importlib.import_module("gevent_proxyproto._v2").__name__)
+    parse_core = "compiled (Cython)" if v2_module.__name__.endswith("_gevent_c_v2") else "pure Python"
 
     implementations = [ours(gpp)]
     skipped = []
@@ -401,35 +447,40 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; {gpp.__file__}")
     print(
-        f"gevent_proxyproto {gpp.__version__} (CRC32C: {crc_in_use}); "
+        f"gevent_proxyproto {gpp.__version__} (parse core: {parse_core}; CRC32C: {crc_in_use}); "
         f"proxy-protocol {package_version('proxy-protocol') or 'not installed'}; "
         f"Twisted {package_version('Twisted') or 'not installed'}; "
         f"crc32c {(package_version('crc32c') or 'not installed') if not args.pure_crc32c else 'hidden (--pure-crc32c)'}"
     )
     for line in skipped:
         print(line)
-    print(f"{rounds} interleaved rounds, ~{round_seconds * 1000:.0f} ms per cell per round; ns per parse\n")
+    print(
+        f"{rounds} interleaved rounds, ~{round_seconds * 1000:.0f} ms per cell per round; ns per parse"
+        + (f"; {DISTINCT_STREAMS} streams per case, all addresses distinct" if args.distinct_addresses else "")
+        + "\n"
+    )
 
-    streams = build_cases(gpp)
+    streams = build_cases(gpp, args.distinct_addresses)
     expected = {}
-    for case, stream in streams.items():
-        header, length = gpp.parse(stream)
-        assert stream[length:] == APPLICATION_BYTES, case
+    for case, case_streams in streams.items():
+        header, length = gpp.parse(case_streams[0])
+        assert case_streams[0][length:] == APPLICATION_BYTES, case
         expected[case] = ((header.source, header.destination), dict(header.tlvs))
 
     notes: dict[tuple[str, str], str] = {}
     cells: dict[tuple[str, str], Parser] = {}
-    cell_streams: dict[tuple[str, str], bytes] = {}
+    cell_streams: dict[tuple[str, str], list[bytes]] = {}
     for case in CASES:
         for implementation in implementations:
-            timed, note = check(implementation, streams[case], expected[case], case, pp_root)
+            # The first stream is checked; with --distinct-addresses the rest differ only in addresses.
+            timed, note = check(implementation, streams[case][0], expected[case], case, pp_root)
             notes[case, implementation.name] = note
             if timed:
                 cells[case, implementation.name] = implementation.parse
                 cell_streams[case, implementation.name] = streams[case]
 
     # The CRC32C table rides in the same rounds: raw checksums and our parse with each.
-    v2_tlv_header = streams["v2-tlv"][: -len(APPLICATION_BYTES)]
+    v2_tlv_header = streams["v2-tlv"][0][: -len(APPLICATION_BYTES)]
     crc_cells: dict[tuple[str, str], Parser] = {("crc", "crc32c_pure(header)"): crc_module.crc32c_pure}
     c_crc = None
     if not args.pure_crc32c:
@@ -437,7 +488,6 @@ def main(argv: list[str] | None = None) -> int:
             c_crc = importlib.import_module("crc32c").crc32c
         except ImportError:
             pass
-    v2_module = importlib.import_module("gevent_proxyproto._v2")
     patched = {}
     default_crc = getattr(v2_module, "crc32c", None)
     if default_crc is not None:
@@ -463,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     all_cells = {**cells, **crc_cells}
     all_streams = {
         **cell_streams,
-        **{key: v2_tlv_header if key[1].startswith("crc") else streams["v2-tlv"] for key in crc_cells},
+        **{key: [v2_tlv_header] if key[1].startswith("crc") else streams["v2-tlv"] for key in crc_cells},
     }
     results = interleaved(all_cells, all_streams, rounds, round_seconds)
 
@@ -473,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         "round_seconds": round_seconds,
         "crc32c_in_use": crc_in_use,
+        "parse_core": parse_core,
+        "distinct_addresses": args.distinct_addresses,
         "versions": {
             "gevent_proxyproto": gpp.__version__,
             "proxy-protocol": package_version("proxy-protocol"),
@@ -488,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header_line))
     for case in CASES:
         case_report: dict[str, Any] = {
-            "header_bytes": len(streams[case]) - len(APPLICATION_BYTES),
+            "header_bytes": len(streams[case][0]) - len(APPLICATION_BYTES),
             "implementations": {},
         }
         ours_rounds = results.get((case, OURS))

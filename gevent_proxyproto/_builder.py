@@ -9,7 +9,8 @@ import struct
 from collections.abc import Iterable
 
 from ._crc32c import crc32c as _crc32c
-from ._model import TLV, Address, Command, ProxyHeader, TLVType
+from ._model import Address, Command, ProxyHeader, TLVType
+from ._tlvs import TLV
 from ._wire import CRC32C_SIZE, UNIX_PATH_SIZE, V2_FAMILIES, V2_PREAMBLE_LENGTH, V2_SIGNATURE, V2_TRANSPORTS, V2_VERSION
 
 _FAMILY_NIBBLES = {family: nibble for nibble, (family, _) in V2_FAMILIES.items()}

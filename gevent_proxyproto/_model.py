@@ -10,14 +10,13 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ._tlvs import TLV, split_tlvs
 from ._wire import CRC32C_SIZE, SSL_FIXED_SIZE
 
 #: An endpoint as the socket module shapes it: ``(host, port)`` for IP
 #: families, a ``str`` path or an abstract ``bytes`` name for AF_UNIX.
 Address = tuple[str, int] | str | bytes
 
-#: A TLV as found on the wire: ``(type, value)``.
-TLV = tuple[int, bytes]
 
 
 class Command(enum.IntEnum):
@@ -77,41 +76,6 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8", "surrogateescape")
 
 
-def split_tlvs(data: bytes, start: int, end: int) -> tuple[TLV, ...] | None:
-    """Split ``data[start:end]`` into TLVs, or return None if they do not fill it exactly.
-
-    With :func:`tlvs_frame`, the one place that knows TLV framing:
-    ``type(1) length(2) value`` repeated, with no overrun and no 1-2 byte tail
-    (SPEC.md section 4).
-    """
-    tlvs = []
-    position = start
-    while position < end:
-        if end - position < 3:
-            return None
-        value_end = position + 3 + (data[position + 1] << 8 | data[position + 2])
-        if value_end > end:
-            return None
-        tlvs.append((data[position], data[position + 3 : value_end]))
-        position = value_end
-    return tuple(tlvs)
-
-
-def tlvs_frame(data: bytes, start: int, end: int) -> bool:
-    """Whether :func:`split_tlvs` would split ``data[start:end]``: the same walk, building nothing.
-
-    The parser checks the SSL TLV's sub-TLV framing on every header that has
-    one, and reads the sub-TLVs only when asked (:attr:`ProxyHeader.ssl`):
-    half the time of a split (bench/parse.py, ``v2-tlv``).
-    """
-    position = start
-    while position < end:
-        if end - position < 3:
-            return False
-        position += 3 + (data[position + 1] << 8 | data[position + 2])
-    return position == end
-
-
 def first_tlv(tlvs: tuple[TLV, ...], tlv_type: int) -> bytes | None:
     """The value of the first TLV of ``tlv_type`` (SPEC.md section 7), or None."""
     for found_type, value in tlvs:
@@ -137,7 +101,9 @@ class SSLInfo:
         """Decode an SSL TLV's value; None if it is not well formed."""
         if len(value) < SSL_FIXED_SIZE:
             return None
-        sub_tlvs = split_tlvs(value, SSL_FIXED_SIZE, len(value))
+        # bytes() of bytes is the same object; of a bytearray (a header built in
+        # code), a copy: the framing takes exact bytes (compiled, it must).
+        sub_tlvs = split_tlvs(bytes(value), SSL_FIXED_SIZE, len(value))
         if sub_tlvs is None:
             return None
         return cls(SSLClient(value[0]), int.from_bytes(value[1:5], "big"), sub_tlvs)
@@ -330,3 +296,4 @@ def new_header(
     header.raw = raw
     header.__class__ = ProxyHeader  # _UnfrozenHeader's own __setattr__: allowed
     return header  # type: ignore[no-any-return]
+

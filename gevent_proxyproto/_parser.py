@@ -54,3 +54,8 @@ def parse(
             raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({length})")
         return header, length
     raise InvalidHeader(Reason.NOT_HDR, f"not a PROXY header: starts with {data[:8]!r}")
+
+
+from ._accel import import_c_accel  # noqa: E402 - last: it may replace every name above
+
+import_c_accel(globals(), "gevent_proxyproto._gevent_c_parser")

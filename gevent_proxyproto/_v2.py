@@ -10,7 +10,8 @@ import struct
 
 from ._crc32c import crc32c
 from ._errors import IncompleteHeader, InvalidHeader, Reason
-from ._model import TLV, Address, Command, ProxyHeader, TLVType, new_header, split_tlvs, tlvs_frame
+from ._model import Address, Command, ProxyHeader, TLVType, new_header
+from ._tlvs import TLV, split_tlvs, tlvs_frame
 from ._wire import (
     AUTHORITY_MAX,
     CRC32C_SIZE,
@@ -285,3 +286,8 @@ _AUTHORITY = int(TLVType.AUTHORITY)
 _UNIQUE_ID = int(TLVType.UNIQUE_ID)
 _SSL = int(TLVType.SSL)
 _CHECKED_TYPES = frozenset((_CRC32C, _AUTHORITY, _UNIQUE_ID, _SSL))
+
+
+from ._accel import import_c_accel  # noqa: E402 - last: it may replace every name above
+
+import_c_accel(globals(), "gevent_proxyproto._gevent_c_v2")

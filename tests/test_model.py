@@ -154,6 +154,15 @@ def test_ssl_info_from_malformed_value_is_none(value: bytes) -> None:
     assert gpp.SSLInfo.from_value(value) is None
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_ssl_info_from_any_bytes_like_value(kind: type) -> None:
+    # A header built in code may hold a bytearray; the compiled TLV framing takes only bytes.
+    value = ssl_value(0x01, 0, (gpp.SSLSubType.VERSION, b"TLSv1.3"))
+    header = gpp.ProxyHeader(2, gpp.Command.PROXY, AF_INET, STREAM, ("192.0.2.1", 1), ("192.0.2.2", 2), ((0x20, kind(value)),))
+    assert header.ssl == gpp.SSLInfo.from_value(kind(value)) == gpp.SSLInfo.from_value(value)
+    assert header.ssl is not None and header.ssl.version == "TLSv1.3"
+
+
 # Value objects and errors --------------------------------------------------------------------------
 
 
@@ -284,7 +293,7 @@ def test_header_built_in_code_has_no_wire_bytes_of_its_own() -> None:
 @given(st.binary(max_size=64), st.integers(0, 64))
 def test_tlvs_frame_agrees_with_split_tlvs(data: bytes, start: int) -> None:
     """The parser's framing-only walk (SSL sub-TLVs) and the splitting walk give one verdict."""
-    from gevent_proxyproto._model import split_tlvs, tlvs_frame
+    from gevent_proxyproto._tlvs import split_tlvs, tlvs_frame
 
     start = min(start, len(data))
     assert tlvs_frame(data, start, len(data)) == (split_tlvs(data, start, len(data)) is not None)
