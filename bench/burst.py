@@ -19,7 +19,8 @@ checkout of the code before the turns), in a child process.
 Reproduce (from the repository root)::
 
     python bench/burst.py
-    python bench/burst.py --variant /tmp/before
+    python bench/burst.py --variant /tmp/before     # a checkout of other code, in a child of its own
+    python bench/burst.py --quick --json /tmp/burst.json
 """
 
 from __future__ import annotations
@@ -77,22 +78,30 @@ def main() -> int:
     options.add_argument("--connections", type=int, default=500, help="trickling connections (default 500)")
     options.add_argument("--bursts", type=int, default=9, help="bursts, one byte each (default 9, at most 30)")
     options.add_argument("--variant", metavar="DIR", help="also measure gevent_proxyproto imported from DIR")
+    options.add_argument("--quick", action="store_true", help="200 connections, 3 bursts: a smoke run")
+    options.add_argument("--json", metavar="FILE", help="write the results to FILE")
     options.add_argument("--child", metavar="DIR", help=argparse.SUPPRESS)
     args = options.parse_args()
     if args.child:
         sys.path.insert(0, args.child)
         print(json.dumps(measure(args.connections, min(args.bursts, 30))))
         return 0
+    if args.quick:
+        args.connections, args.bursts = min(args.connections, 200), 3
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     rows = {"this tree": here}
     if args.variant:
         rows[args.variant] = args.variant
     print(f"{args.connections} connections mid-header, each sends one byte in the same instant; median of {args.bursts} bursts")
     print(f"{'package':30} {'longest iteration ms':>21} {'iterations':>11} {'sum ms':>8}")
+    results = {}
     for name, directory in rows.items():
         command = [sys.executable, __file__, "--child", directory, "--connections", str(args.connections), "--bursts", str(args.bursts)]
-        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        result = results[name] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
         print(f"{name:30} {result['longest_ms']:21.2f} {result['iterations']:11.0f} {result['sum_ms']:8.2f}")
+    if args.json:
+        with open(args.json, "w") as output:
+            json.dump({"connections": args.connections, "bursts": args.bursts, "results": results}, output, indent=1)
     return 0
 
 
