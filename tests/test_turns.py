@@ -160,8 +160,8 @@ def test_a_socket_closed_while_its_reader_waits_mid_header_ends_the_read(mid_hea
     counter = IterationCounter()
     clients[0].send(V1_TCP4[:6])
     reader = start_readers(servers[:1], counter)[0]
+    # Consumed: the reader ran on into its wait in the same turn (no switch in between).
     wait_until(lambda: waiting_mid_header(servers[:1]))
-    gevent.sleep(0)  # the reader is in its wait
     assert servers[0]._read_event.callback is not None
     servers[0].close()
     reader.join(timeout=5)
