@@ -40,19 +40,42 @@ def parse(
         InvalidHeader: anything else that is wrong, with a reason code and a
             message naming the field.
     """
+    header, length, exact = parse_prefix(data, allow_v4_in_tcp6, max_header_size)
+    if header is None:
+        raise IncompleteHeader(length, exact=exact)
+    return header, length
+
+
+def parse_prefix(
+    data: BytesLike, allow_v4_in_tcp6: bool = False, max_header_size: int = V2_MAX_LENGTH
+) -> tuple[ProxyHeader | None, int, bool]:
+    """:func:`parse`, but a header still arriving is an answer, not an exception.
+
+    The header reader's call: a slow client sends a segment at a time, and
+    an exception per segment would cost more than the parse.
+
+    Returns:
+        ``(header, length, False)``; or ``(None, needed, exact)`` for a strict
+        prefix of something that can still become a valid header (the
+        ``needed`` and ``exact`` of :class:`IncompleteHeader`).
+
+    Raises:
+        InvalidHeader: as :func:`parse`.
+    """
     if not data:
-        raise IncompleteHeader(V1_MIN_LENGTH, exact=False)  # the shortest header; the version is not known yet
+        return None, V1_MIN_LENGTH, False  # the shortest header; the version is not known yet
     if type(data) is not bytes:
         # Copy at most one header's worth: find() and slicing need bytes.
         data = bytes(data[: V1_MAX_LENGTH if data[0] == 0x50 else V2_MAX_LENGTH])
     first = data[0]
     if first == 0x0D:
-        return parse_v2(data, max_header_size)
+        header, length = parse_v2(data, max_header_size)
+        return header, length, header is None  # v2 knows its size: `needed` is exact
     if first == 0x50:
         header, length = parse_v1(data, allow_v4_in_tcp6)  # at most 107 bytes: bounded work
-        if length > max_header_size:
+        if header is not None and length > max_header_size:
             raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({length})")
-        return header, length
+        return header, length, False  # v1 ends at its CRLF, wherever: `needed` is a lower bound
     raise InvalidHeader(Reason.NOT_HDR, f"not a PROXY header: starts with {data[:8]!r}")
 
 

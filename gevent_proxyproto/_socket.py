@@ -27,14 +27,13 @@ from gevent.queue import Empty, Queue
 from ._errors import (
     ConnectionClosed,
     HeaderTimeout,
-    IncompleteHeader,
     InvalidHeader,
     ProxyProtocolError,
     Reason,
     UntrustedSource,
 )
 from ._model import Address, Command, ProxyHeader
-from ._parser import parse
+from ._parser import parse_prefix
 from ._policy import (
     DEFAULT_MAX_HEADER_SIZE,
     POLICY_FIELDS,
@@ -46,6 +45,7 @@ from ._policy import (
     policy_from_keywords,
 )
 from ._turns import wait_readable
+from ._wire import V2_PREAMBLE_LENGTH
 
 #: Handshakes a listening ProxySocket runs at once (headers being read plus
 #: connections ready but not yet accepted).
@@ -88,7 +88,8 @@ def read_header(
         peeked = _peek(sock, deadline, mid_header=False)
         while True:
             data = received + peeked
-            header, length, exact = _parse(data, allow_v4_in_tcp6, max_header_size)
+            # The size cap is checked by parse_prefix() from a v2 preamble, before the rest is parsed or read.
+            header, length, exact = parse_prefix(data, allow_v4_in_tcp6, max_header_size)
             if header is not None:
                 if length > len(received):
                     _recv_exactly(sock, length - len(received), deadline)  # peeked: already there
@@ -99,11 +100,17 @@ def read_header(
                 raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})")
             if peeked or exact:
                 # Everything seen, and `needed` more, is header: consume what
-                # has arrived of it (an exact count waits here for the rest of
-                # a header whose size it knows), then parse it before waiting again:
-                # the bytes read may end the header, or make it invalid.
+                # has arrived of it, then parse it before waiting again: the
+                # bytes read may end the header, or make it invalid.
                 wanted = known - len(received)
-                chunk = _recv_some(sock, wanted, deadline)
+                if exact and len(data) >= V2_PREAMBLE_LENGTH:
+                    # Past a v2 preamble, no byte short of the whole header
+                    # brings a verdict (SPEC.md section 7): read them all, then parse.
+                    del data
+                    received += _recv_exactly(sock, wanted, deadline, look_first=not drained)
+                    peeked = b""
+                    continue
+                chunk = _recv_some(sock, wanted, deadline, look_first=not drained)
                 received += chunk
                 # Fewer bytes than asked: the kernel had no more, so the next
                 # look waits first (a trickling client: no recv that fails).
@@ -117,6 +124,7 @@ def read_header(
             # 512-byte buffer, shrunk, whose memory a new connection can reuse.
             del data
             peeked = _peek(sock, deadline, look_first=not drained)
+            drained = False
     except TimeoutError:
         raise HeaderTimeout() from None
     except ConnectionClosed as closed:
@@ -129,23 +137,6 @@ def read_header(
         ) from None
     finally:
         sock.timeout = saved_timeout
-
-
-def _parse(data: bytes, allow_v4_in_tcp6: bool, max_header_size: int) -> tuple[ProxyHeader | None, int, bool]:
-    """``(header, length, False)``, or ``(None, needed, exact)`` from an IncompleteHeader.
-
-    A function of its own so that the IncompleteHeader's traceback stops
-    here: through read_header's frame it would make that frame an object
-    (~330 bytes) for as long as read_header runs, that is, for as long as a
-    slow client takes. Returning leaves nothing of the exception, its
-    traceback or the parser's frames to a greenlet that then waits.
-    """
-    try:
-        # The size cap is checked by parse() from a v2 preamble, before the rest is parsed or read.
-        header, length = parse(data, allow_v4_in_tcp6=allow_v4_in_tcp6, max_header_size=max_header_size)
-    except IncompleteHeader as incomplete:
-        return None, incomplete.needed, incomplete.exact
-    return header, length, False
 
 
 def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float, mid_header: bool = True) -> bytes:
@@ -192,34 +183,41 @@ def _peek(sock: Any, deadline: float, mid_header: bool = True, look_first: bool 
     return peeked
 
 
-def _recv_some(sock: Any, count: int, deadline: float) -> bytes:
-    """At least one byte and at most ``count``: what has arrived (waiting for one if none has)."""
-    try:
-        chunk = sock._sock.recv(count)
-    except BlockingIOError:
-        chunk = None
+def _recv_some(sock: Any, count: int, deadline: float, look_first: bool = True) -> bytes:
+    """At least one byte and at most ``count``: what has arrived (waiting for one if none has).
+
+    ``look_first=False`` waits before the first recv: the last one emptied the kernel's buffer.
+    """
+    chunk: bytes | None = None
+    if look_first:
+        try:
+            chunk = sock._sock.recv(count)
+        except BlockingIOError:
+            pass
     if chunk is None:
         chunk = _wait_and_recv(sock, count, 0, deadline)
     if not chunk:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
-    return chunk  # type: ignore[no-any-return]
+    return chunk
 
 
-def _recv_exactly(sock: Any, count: int, deadline: float) -> bytes:
-    try:
-        chunk = sock._sock.recv(count)  # peeked already, as a rule: all there
-    except BlockingIOError:
-        chunk = None
+def _recv_exactly(sock: Any, count: int, deadline: float, look_first: bool = True) -> bytes:
+    chunk: bytes | None = None
+    if look_first:
+        try:
+            chunk = sock._sock.recv(count)  # peeked already, as a rule: all there
+        except BlockingIOError:
+            pass
     if chunk is None:
         chunk = _wait_and_recv(sock, count, 0, deadline)
     if len(chunk) == count:
-        return chunk  # type: ignore[no-any-return]
+        return chunk
     if not chunk:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
     chunks = [chunk]
     missing = count - len(chunk)
     while missing:
-        chunk = _recv_some(sock, missing, deadline)
+        chunk = _recv_some(sock, missing, deadline, look_first=False)  # the last recv emptied the buffer
         chunks.append(chunk)
         missing -= len(chunk)
     return b"".join(chunks)

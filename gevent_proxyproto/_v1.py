@@ -10,7 +10,7 @@ bytes. Validation is by compiled patterns and explicit checks, never
 import re
 import socket
 
-from ._errors import IncompleteHeader, InvalidHeader, Reason
+from ._errors import InvalidHeader, Reason
 from ._model import Command, ProxyHeader, new_header
 from ._wire import V1_MAX_LENGTH, V1_MIN_LENGTH, V1_SIGNATURE
 
@@ -33,6 +33,16 @@ _IPV6_PREFIX = re.compile(rb"[0-9A-Fa-f:.]{0,45}")
 _PORT_PREFIX = re.compile(rb"(?:0|[1-9][0-9]{0,4})?")
 _PROTOCOLS = (b"TCP4", b"TCP6", b"UNKNOWN")
 
+# A TCP line still arriving whose fields so far are well-formed (what
+# _check_prefix accepts, in one match): each field a prefix of a valid one,
+# ports at most 65535. Not every such prefix (not "PROXY TC", nor empty
+# fields): the rest go the slow way, which also explains a refusal.
+_PORT_VALUE = rb"(?:0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_PARTIAL_TCP_LINE = re.compile(
+    rb"PROXY TCP(?:4 (?:%(v4)s(?: %(v4)s(?: %(port)s?(?: %(port)s?)?)?)?)|6 (?:%(v6)s(?: %(v6)s(?: %(port)s?(?: %(port)s?)?)?)?))"
+    % {b"v4": _IPV4_PREFIX.pattern, b"v6": _IPV6_PREFIX.pattern, b"port": _PORT_VALUE}
+)
+
 _SIGNATURE_LENGTH = len(V1_SIGNATURE)
 _CR = 0x0D
 _LF = 0x0A
@@ -43,7 +53,7 @@ _AF_INET6 = socket.AF_INET6
 _SOCK_STREAM = socket.SOCK_STREAM
 
 
-def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, int]:
+def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader | None, int]:
     """Parse a v1 line at the start of ``data`` (which starts with ``P``).
 
     Args:
@@ -52,11 +62,11 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, 
             emit; such addresses are reported v4-mapped (``::ffff:a.b.c.d``).
 
     Returns:
-        ``(header, length)``.
+        ``(header, length)``; or ``(None, needed)`` when there is no CRLF yet
+        and the bytes may still become valid (``needed``: a lower bound).
 
     Raises:
         InvalidHeader: the line can never be valid.
-        IncompleteHeader: no CRLF yet and the bytes may still become valid.
     """
     tcp6 = data[9:10] == b"6"  # "PROXY TCP6"
     match = (_TCP6_LINE if tcp6 else _TCP4_LINE).match(data)
@@ -83,12 +93,12 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader, 
     return new_header(1, _PROXY, _AF_INET, _SOCK_STREAM, source, destination, (), data[:length]), length
 
 
-def _parse_other_line(data: bytes) -> tuple[ProxyHeader, int]:
-    """Everything but a complete, well-formed TCP line: UNKNOWN, or an error."""
+def _parse_other_line(data: bytes) -> tuple[ProxyHeader | None, int]:
+    """Everything but a complete, well-formed TCP line: UNKNOWN, a line still arriving, or an error."""
     # The CR must leave room for its LF within V1_MAX_LENGTH (107) bytes.
     end = data.find(b"\r", _SIGNATURE_LENGTH, V1_MAX_LENGTH - 1)
     if end < 0 or end + 1 >= len(data) or data[end + 1] != _LF or data[:_SIGNATURE_LENGTH] != V1_SIGNATURE:
-        _raise_for_unterminated(data)
+        return None, _unterminated(data)
     line = data[_SIGNATURE_LENGTH:end]
     length = end + 2
     if b"\n" in line:
@@ -126,8 +136,22 @@ def _show(line: bytes) -> str:
     return repr(line[:60].decode("ascii", "backslashreplace"))
 
 
-def _raise_for_unterminated(data: bytes) -> None:
-    """Explain why ``data`` holds no complete line: always raises.
+def _unterminated(data: bytes) -> int:
+    """How many more bytes ``data``, with no complete line, certainly needs; InvalidHeader if it can never be valid.
+
+    A trickling client's TCP line, well-formed so far, is the common case: one
+    match, without the slow path's splitting (a slow client costs that on
+    every byte it sends).
+    """
+    # No CR or LF (the pattern has neither), no two spaces in a row (an empty
+    # field), and room left for the CRLF: exactly what the slow path finds incomplete.
+    if len(data) < V1_MAX_LENGTH - 1 and _PARTIAL_TCP_LINE.fullmatch(data) and b"  " not in data:
+        return max(1, V1_MIN_LENGTH - len(data))
+    return _explain_unterminated(data)
+
+
+def _explain_unterminated(data: bytes) -> int:
+    """:func:`_unterminated` field by field: the InvalidHeader names the defect.
 
     Fail fast (SPEC.md section 7): a lone LF, a CR not followed by LF, 107
     bytes without CRLF, or a prefix no valid line starts with are invalid at
@@ -147,7 +171,7 @@ def _raise_for_unterminated(data: bytes) -> None:
     if carriage_return < 0 and len(window) >= V1_MAX_LENGTH - 1 or carriage_return >= V1_MAX_LENGTH - 1:
         raise InvalidHeader(Reason.BAD_HDR, f"no CRLF within {V1_MAX_LENGTH} bytes")
     _check_prefix(window[_SIGNATURE_LENGTH:] if carriage_return < 0 else window[_SIGNATURE_LENGTH:carriage_return])
-    raise IncompleteHeader(max(1, V1_MIN_LENGTH - len(window)), exact=False)  # the CRLF decides where it ends
+    return max(1, V1_MIN_LENGTH - len(window))  # a lower bound: the CRLF decides where it ends
 
 
 def _check_prefix(partial: bytes) -> None:

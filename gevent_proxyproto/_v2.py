@@ -9,7 +9,7 @@ import socket
 import struct
 
 from ._crc32c import crc32c
-from ._errors import IncompleteHeader, InvalidHeader, Reason
+from ._errors import InvalidHeader, Reason
 from ._model import Address, Command, ProxyHeader, TLVType, new_header
 from ._tlvs import TLV, split_tlvs, tlvs_frame
 from ._wire import (
@@ -55,24 +55,24 @@ _PREAMBLES = {
 }
 
 
-def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader, int]:
+def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader | None, int]:
     """Parse a v2 header at the start of ``data`` (which starts with ``\\r``).
 
     A header longer than ``max_length`` is refused from its preamble, before
     any of the rest is looked at (or waited for).
 
     Returns:
-        ``(header, length)``.
+        ``(header, length)``; or ``(None, needed)`` for a strict prefix,
+        ``needed`` exact: the rest of the preamble, then the rest of the
+        length it declares.
 
     Raises:
         InvalidHeader: the bytes can never be a valid header.
-        IncompleteHeader: a strict prefix; ``needed`` is exact: the rest of
-            the preamble, then the rest of the length it declares.
     """
     available = len(data)
     if available < V2_PREAMBLE_LENGTH:
         _check_preamble_prefix(data)
-        raise IncompleteHeader(V2_PREAMBLE_LENGTH - available, exact=True)
+        return None, V2_PREAMBLE_LENGTH - available
     preamble = _PREAMBLES.get(data[:14])
     if preamble is None:
         _check_preamble_prefix(data[:14])  # raises, naming the first bad field
@@ -87,7 +87,7 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader,
     if length > max_length:
         raise InvalidHeader(Reason.BAD_HDR, f"header over {max_length} bytes ({length})")
     if available < length:
-        raise IncompleteHeader(length - available, exact=True)
+        return None, length - available
     header = data if available == length else data[:length]  # parse() hands us bytes
 
     if command is _LOCAL:

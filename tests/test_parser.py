@@ -14,11 +14,12 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import gevent_proxyproto as gpp
 import gevent_proxyproto._v2
+from gevent_proxyproto import _v1
 from gevent_proxyproto._crc32c import crc32c_pure
 
 from . import wire
@@ -795,6 +796,36 @@ def test_malformed_input_raises_only_parser_errors(data: bytes, options: dict[st
     verdict = outcome(data, **options)
     if verdict[0] == "ok":
         assert gpp.parse(verdict[1].to_bytes(), **options) == verdict[1:]
+
+
+def _unterminated_verdict(judge: Any, data: bytes) -> tuple[Any, ...]:
+    """``("incomplete", needed)``, or the refusal's reason and message."""
+    try:
+        return ("incomplete", judge(data))
+    except gpp.InvalidHeader as invalid:
+        return ("invalid", invalid.reason, invalid.message)
+
+
+@given(st.one_of(wire.v1_like_lines, wire.mutated_headers(), wire.wire_headers, wire.arbitrary_bytes))
+# Ports at the edge of the range, which random ones rarely hit.
+@example(b"PROXY TCP4 192.0.2.1 198.51.100.2 65536 65535")
+@example(b"PROXY TCP6 ::1 ::2 65535 65539")
+@example(b"PROXY TCP4 192.0.2.1 198.51.100.2 59999 70000")
+def test_v1_partial_line_shortcut_decides_as_the_field_by_field_checks(line: bytes) -> None:
+    """A trickled v1 line is judged by one match; it must agree with the slow path, which explains refusals."""
+    for cut in range(min(len(line), 110) + 1):
+        prefix = line[:cut]
+        assert _unterminated_verdict(_v1._unterminated, prefix) == _unterminated_verdict(
+            _v1._explain_unterminated, prefix
+        ), prefix
+
+
+def test_v1_partial_line_shortcut_takes_the_common_prefixes() -> None:
+    """The shortcut matches the prefixes a trickling client sends (else it would save nothing)."""
+    longest = b"PROXY TCP6 " + b" ".join([b"ffff:" * 7 + b"ffff"] * 2) + b" 65535 65535"
+    for line in (GOOD_TCP4, GOOD_TCP6, b"PROXY TCP4 255.255.255.255 0.0.0.0 0 65535", longest):
+        for cut in range(len(b"PROXY TCP4 "), len(line) + 1):
+            assert _v1._PARTIAL_TCP_LINE.fullmatch(line[:cut]), line[:cut]
 
 
 @given(
