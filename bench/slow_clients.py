@@ -12,8 +12,12 @@ interleaved (baseline, attack, baseline, attack, ...):
 * ``attack``: an attacker process first opens ``--trickle`` connections that
   send a header one byte every 200 ms (half v1, half v2: 8.8 s and 5.6 s for
   the whole header, both longer than T) and ``--silent`` connections that send
-  nothing; once they are all connected the same good-client load runs for the
-  same duration. By default every trickling connection sends its byte at the
+  nothing; once the server holds them all (it has accepted every one: its
+  open file descriptors say so), the same good-client load runs for the same
+  duration: the attack sustained, not the burst of its 1,000 connects (whose
+  accepts and the garbage collections their objects set off would land in
+  the first milliseconds of the load; ``ramp`` reports how long the server
+  took to hold them). By default every trickling connection sends its byte at the
   same moment (the worst case: one burst of 500 reads every 200 ms);
   ``--groups N`` spreads them over the 200 ms in N groups, as unsynchronised
   clients would. The attacker watches every bad connection (epoll) and
@@ -141,8 +145,19 @@ def good_phase(server: Server, rate: float, duration: float) -> dict[str, Any]:
     }
 
 
+def wait_until_held(server: Server, fds: int, time_limit: float = 30.0) -> float:
+    """Poll the server until it has ``fds`` open file descriptors; returns the seconds that took."""
+    started = time.monotonic()
+    while server.stats()["fds"] < fds:
+        if time.monotonic() - started > time_limit:
+            raise RuntimeError(f"the server did not accept the bad connections within {time_limit} s")
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
 def attack_phase(server: Server, args: argparse.Namespace) -> dict[str, Any]:
-    timeouts_before = server.stats()["failures"].get("TIMEOUT", 0)
+    before = server.stats()
+    timeouts_before = before["failures"].get("TIMEOUT", 0)
     command = [
         sys.executable, __file__, "--attacker", str(server.port), "--trickle", str(args.trickle),
         "--silent", str(args.silent), "--header-timeout", str(args.header_timeout), "--groups", str(args.groups),
@@ -153,6 +168,11 @@ def attack_phase(server: Server, args: argparse.Namespace) -> dict[str, Any]:
         ready = child.stdout.readline().strip()
         if ready != "ready":
             raise RuntimeError(f"attacker failed: {ready!r}")
+        # Sustained: the good load starts once the server holds every bad
+        # connection. The attacker is "ready" once the kernel has completed its
+        # connections; the server may still be accepting them, and the garbage
+        # collections their new objects set off are the burst's, not the trickle's.
+        ramp = wait_until_held(server, before["fds"] + args.trickle + args.silent)
         good = good_phase(server, args.rate, args.duration)
         closes = json.loads(child.stdout.readline())["closes"]
         child.wait(timeout=30)
@@ -165,6 +185,7 @@ def attack_phase(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     multiples = [seconds / args.header_timeout for seconds in closed]
     return {
         **good,
+        "ramp_s": ramp,
         "bad": len(closes),
         "bad_never_closed": len(closes) - len(closed),
         "bad_closed_early": sum(1 for multiple in multiples if multiple < 0.98),
@@ -269,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         "close_at_T_max": max(run["close_at_T_max"] for run in attack),
     }
     report["bad"] = bad
+    report["ramp_ms"] = summarize([run["ramp_s"] * 1e3 for run in attack])
+    print(f"the server held every bad connection {fmt(report['ramp_ms'], digits=0)} ms after the attacker's connects")
     print(
         f"bad connections: {bad['connections']}, closed after {fmt(bad['close_at_T_median'])} x T per round "
         f"(all: {bad['close_at_T_min']:.2f}-{bad['close_at_T_max']:.2f} x T); closed before T: "
