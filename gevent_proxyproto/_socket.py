@@ -214,13 +214,13 @@ def _recv_exactly(sock: Any, count: int, deadline: float, look_first: bool = Tru
         return chunk
     if not chunk:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
-    chunks = [chunk]
-    missing = count - len(chunk)
-    while missing:
-        chunk = _recv_some(sock, missing, deadline, look_first=False)  # the last recv emptied the buffer
-        chunks.append(chunk)
-        missing -= len(chunk)
-    return b"".join(chunks)
+    # A bytearray: appends in linear time (a v2 header of 64 KiB may come a byte at
+    # a time), and no object for the garbage collector to track while this waits.
+    arrived = bytearray(chunk)
+    del chunk
+    while len(arrived) < count:  # the last recv emptied the kernel's buffer: wait first
+        arrived += _recv_some(sock, count - len(arrived), deadline, look_first=False)
+    return bytes(arrived)
 
 
 class ProxySocket(gevent.socket.socket):  # type: ignore[misc]
