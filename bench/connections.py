@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     utilization = summarize([run["server_utilization"] for name in names for run in results[name]])
     print(f"\nserver CPU utilization during the runs: median {utilization['median']:.2f} of one core")
-    print("goal: throughput ratio >= 0.9 for v1 and v2")
+    print("goal (issue 16): throughput ratio >= 0.86 for v1 and v2 (the floor, two recv calls, is ~0.91-0.93)")
     write_json(args.json, report)
     return 0
 
