@@ -96,7 +96,7 @@ def read_header(
                 return header
             needed = length
             known = len(data) + needed
-            if known > max_header_size:  # a v1 line still arriving (v2: refused by parse())
+            if known > max_header_size:  # a v1 line still arriving (v2: refused by parse_prefix())
                 raise InvalidHeader(Reason.BAD_HDR, f"header over {max_header_size} bytes ({known})")
             if peeked or exact:
                 # Everything seen, and `needed` more, is header: consume what
@@ -124,7 +124,7 @@ def read_header(
             # 512-byte buffer, shrunk, whose memory a new connection can reuse.
             del data
             peeked = _peek(sock, deadline, look_first=not drained)
-            drained = False
+            drained = False  # the peek found bytes there
     except TimeoutError:
         raise HeaderTimeout() from None
     except ConnectionClosed as closed:
