@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from typing import Any
+from unittest import mock
 
 import gevent
 import gevent.socket
@@ -118,6 +119,18 @@ def test_a_header_one_byte_at_a_time_never_spins_and_stops_at_its_end(
     # also the first peek (the version is not known before it) and a look
     # after the preamble's last read, which got all it asked for.
     assert sock.calls <= calls_per_byte * len(header) + extra_calls
+
+
+def test_a_v2_header_is_parsed_per_preamble_byte_then_once_whole() -> None:
+    """Past the preamble the size is known: the rest is read, not parsed a chunk at a time."""
+    header = gpp.build_v2(source=("1.2.3.4", 1), destination=("5.6.7.8", 2), tlvs=[(0xE0, b"x" * 200)])
+    sock = ChunkedSocket([bytes([byte]) for byte in header] + [PAYLOAD])
+    with mock.patch.object(gpp._socket, "parse_prefix", wraps=gpp._socket.parse_prefix) as parse_prefix:
+        assert read_header(sock, time.monotonic() + 5) == gpp.parse(header)[0]
+    # One parse per preamble byte (a bad version or family is refused at once; the
+    # first byte twice: as peeked, then consumed) and one of the whole: none per body byte.
+    assert parse_prefix.call_count == 16 + 1 + 1
+    assert sock.unread() == PAYLOAD
 
 
 @given(streams, cut_lists)
