@@ -298,3 +298,9 @@ def rotated(items: Sequence[Any], round_index: int) -> list[Any]:
     """``items`` starting at a different one each round: none always runs first."""
     shift = round_index % len(items)
     return list(items[shift:]) + list(items[:shift])
+
+
+def parse_variant(text: str) -> tuple[str, str]:
+    """``--variant [NAME=]DIR`` as ``(name, absolute DIR)``; the name defaults to ``variant``."""
+    name, _, directory = text.rpartition("=")
+    return name or "variant", os.path.abspath(directory)

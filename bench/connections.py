@@ -71,6 +71,7 @@ from _common import (
     Server,
     fmt,
     machine,
+    parse_variant,
     percentile,
     raise_fd_limit,
     ratio_summary,
@@ -152,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         configs["parse-v1"] = ("plain", "floor-parse", None, data["v1"])
         configs["reader-v1"] = ("plain", "floor-read-header", None, data["v1"])
     for variant in args.variant:
-        name, _, directory = variant.rpartition("=")
-        name = name or "variant"
+        name, directory = parse_variant(variant)
         configs[f"v1@{name}"] = ("proxy", "reply", directory, data["v1"])
         configs[f"v2@{name}"] = ("proxy", "reply", directory, data["v2"])
     names = list(configs)

@@ -41,7 +41,7 @@ import sys
 import tempfile
 from typing import Any
 
-from _common import Server, machine, run_load, write_json
+from _common import Server, machine, parse_variant, run_load, write_json
 from connections import payloads
 
 #: Connections served (and not counted) before either count, in both runs.
@@ -104,10 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.floor:
         configs["floor-v1"] = ("plain", "floor", None, data["v1"])
     for variant in args.variant:
-        name, _, directory = variant.rpartition("=")
-        name = name or os.path.basename(os.path.normpath(directory))
+        name, directory = parse_variant(variant)
         for version in ("v1", "v2"):
-            configs[f"{version}@{name}"] = ("proxy", "reply", os.path.abspath(directory), data[version])
+            configs[f"{version}@{name}"] = ("proxy", "reply", directory, data[version])
 
     per_connection: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="instructions-") as workdir:

@@ -43,7 +43,18 @@ import sys
 import time
 from typing import Any
 
-from _common import LINGER_RESET, Server, fmt, machine, raise_fd_limit, ratio_summary, rotated, summarize, write_json
+from _common import (
+    LINGER_RESET,
+    Server,
+    fmt,
+    machine,
+    parse_variant,
+    raise_fd_limit,
+    ratio_summary,
+    rotated,
+    summarize,
+    write_json,
+)
 
 import gevent_proxyproto as gpp
 
@@ -133,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     configs: dict[str, tuple[str, str | None]] = {name: (name, None) for name in PARTIAL}
     for variant in args.variant:
-        label, _, directory = variant.rpartition("=")
+        label, directory = parse_variant(variant)
         for name in ("v1", "v2"):
-            configs[f"{name}@{label or 'variant'}"] = (name, directory)
+            configs[f"{name}@{label}"] = (name, directory)
     names = list(configs)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_index in range(rounds):
