@@ -3,8 +3,9 @@
 # bytes: byte reads, comparisons and slices then run in C. bench/parse.py measures them.
 cimport cython
 
+# texts: the address memo known as a dict, so .get() makes no bound method.
 @cython.locals(available=Py_ssize_t, body_length=Py_ssize_t, length=Py_ssize_t, block_size=Py_ssize_t,
-               header=bytes, preamble=tuple)
+               address_size=Py_ssize_t, ports=Py_ssize_t, header=bytes, preamble=tuple, texts=dict)
 cpdef tuple parse_v2(bytes data, object max_length=*)
 
 cpdef str _address_text(object family, bytes packed)
@@ -26,3 +27,7 @@ cpdef _check_tlv(int tlv_type, bytes value)
 # A dict known as a dict: .get() without a method lookup. (A C global, so not an
 # attribute of the compiled module; the address memo stays one, for tests to see.)
 cdef dict _PREAMBLES
+
+# The constant imported from _wire as a C integer: the offsets computed from it stay
+# C integers, and the slices of the header taken with them run in C.
+cdef Py_ssize_t V2_PREAMBLE_LENGTH

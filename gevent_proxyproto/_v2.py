@@ -6,7 +6,6 @@ rest exactly.
 """
 
 import socket
-import struct
 
 from ._crc32c import crc32c
 from ._errors import InvalidHeader, Reason
@@ -26,8 +25,6 @@ from ._wire import (
     V2_VERSION,
 )
 
-_INET = struct.Struct("!4s4sHH")
-_INET6 = struct.Struct("!16s16sHH")
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _inet_ntop = socket.inet_ntop
@@ -35,19 +32,17 @@ _PROXY = Command.PROXY
 _LOCAL = Command.LOCAL
 
 #: Bytes 0-13 of every valid preamble (signature, version/command,
-#: family/transport) -> (command, family, protocol, address block size,
-#: the unpacker of an INET/INET6 address block or None): one dict lookup
-#: decides all of them. A miss is an invalid preamble, explained by the
-#: byte-by-byte checks.
+#: family/transport) -> (command, family, protocol, address block size, the
+#: size of one IP address in the block: 4 or 16 for INET and INET6 addresses
+#: to read, else 0): one dict lookup decides all of them. A miss is an invalid
+#: preamble, explained by the byte-by-byte checks.
 _PREAMBLES = {
     V2_SIGNATURE + bytes([V2_VERSION << 4 | command, family_nibble << 4 | transport_nibble]): (
         command,
         family,
         protocol,
         block_size,
-        {_AF_INET: _INET.unpack_from, _AF_INET6: _INET6.unpack_from}.get(family)
-        if command is _PROXY and protocol is not None
-        else None,
+        {_AF_INET: 4, _AF_INET6: 16}.get(family, 0) if command is _PROXY and protocol is not None else 0,
     )
     for command in (_LOCAL, _PROXY)
     for family_nibble, (family, block_size) in V2_FAMILIES.items()
@@ -77,7 +72,7 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader 
     if preamble is None:
         _check_preamble_prefix(data[:14])  # raises, naming the first bad field
         raise AssertionError("unreachable")  # pragma: no cover
-    command, family, protocol, block_size, unpack_addresses = preamble
+    command, family, protocol, block_size, address_size = preamble
     body_length = data[14] << 8 | data[15]
     if command is _PROXY and body_length < block_size:
         raise InvalidHeader(
@@ -102,10 +97,15 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader 
         return new_header(2, command, family, protocol, None, None, tlvs, header), length
 
     tlvs = () if length == V2_PREAMBLE_LENGTH + block_size else _checked_tlvs(header, V2_PREAMBLE_LENGTH + block_size)
-    if unpack_addresses is not None:  # INET or INET6
-        source_ip, destination_ip, source_port, destination_port = unpack_addresses(header, V2_PREAMBLE_LENGTH)
-        source_host = _address_texts.get(source_ip) or _address_text(family, source_ip)
-        destination_host = _address_texts.get(destination_ip) or _address_text(family, destination_ip)
+    if address_size:  # INET or INET6: two addresses, then two ports, in network byte order
+        ports = V2_PREAMBLE_LENGTH + 2 * address_size
+        source_ip = header[V2_PREAMBLE_LENGTH : V2_PREAMBLE_LENGTH + address_size]
+        destination_ip = header[V2_PREAMBLE_LENGTH + address_size : ports]
+        source_port = header[ports] << 8 | header[ports + 1]
+        destination_port = header[ports + 2] << 8 | header[ports + 3]
+        texts = _address_texts  # a dict in the compiled build's types (_gevent_c_v2.pxd)
+        source_host = texts.get(source_ip) or _address_text(family, source_ip)
+        destination_host = texts.get(destination_ip) or _address_text(family, destination_ip)
         return new_header(
             2, command, family, protocol, (source_host, source_port), (destination_host, destination_port), tlvs, header
         ), length
