@@ -17,9 +17,9 @@ VERSION = re.search(
 #: and a C compiler are present, in gevent's manner: gevent_proxyproto/_v2.py
 #: becomes the extension gevent_proxyproto._gevent_c_v2, typed by the
 #: declarations of gevent_proxyproto/_gevent_c_v2.pxd, and the pure module adopts
-#: it at import (gevent_proxyproto/_accel.py). Only what bench/parse.py shows
-#: gains; _v1 (its time is in the re module) does not. Never a module that uses gevent.
-ACCELERATED = ("_tlvs", "_v2", "_parser")
+#: it at import (gevent_proxyproto/_accel.py). Only what bench/parse.py or
+#: bench/instructions.py shows gains (_v1: its TCP4 scan). Never a module that uses gevent.
+ACCELERATED = ("_tlvs", "_v2", "_v1", "_parser")
 
 
 def accelerator_extensions() -> list[Extension]:

@@ -1,6 +1,6 @@
 """The optional compiled parse core, in gevent's manner.
 
-A module of the parse path (``_parser``, ``_v2``, ``_tlvs``) may also be built by
+A module of the parse path (``_parser``, ``_v1``, ``_v2``, ``_tlvs``) may also be built by
 Cython from the same ``.py`` source as ``_gevent_c_<name>`` (setup.py, with
 the declarations of ``_gevent_c_<name>.pxd``). The pure module's last line
 calls :func:`import_c_accel`: when the compiled module is importable and

@@ -69,6 +69,10 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader |
         InvalidHeader: the line can never be valid.
     """
     tcp6 = data[9:10] == b"6"  # "PROXY TCP6"
+    if _COMPILED and not tcp6:  # the compiled build scans a TCP4 line in C (below); None: not one to take
+        scanned = _scan_tcp4_line(data)
+        if scanned is not None:
+            return scanned
     match = (_TCP6_LINE if tcp6 else _TCP4_LINE).match(data)
     if match is None or (length := match.end()) > V1_MAX_LENGTH:
         return _parse_other_line(data)
@@ -91,6 +95,100 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader |
     source = (source_host.decode(), source_port)
     destination = (destination_host.decode(), destination_port)
     return new_header(1, _PROXY, _AF_INET, _SOCK_STREAM, source, destination, (), data[:length]), length
+
+
+# -- the compiled build's TCP4 line ------------------------------------------------------------------
+#
+# Compiled by Cython (setup.py, _accel.py), this module scans a TCP4 line byte
+# by byte in C, with the types of _gevent_c_v1.pxd: a few hundred instructions,
+# where the regular expression above costs thousands (its engine, its match
+# object and groups, int() of texts). In pure Python such a loop is slower
+# than the regex, which stays the pure build's way, and the only way for
+# anything the scan does not accept. tests/test_v1.py holds the scan to the
+# regex's verdicts; tests/test_accel.py, the compiled parse() to the pure one's.
+
+#: True in the compiled build of this module: the module's own name says which runs.
+_COMPILED = __name__ == "gevent_proxyproto._gevent_c_v1"
+_TCP4_PREFIX = b"PROXY TCP4 "
+#: "PROXY TCP4 0.0.0.0 0.0.0.0 0 0\r\n"
+_TCP4_MIN_LENGTH = 32
+_SPACE = 0x20
+_DOT = 0x2E
+_ZERO = 0x30
+_NINE = 0x39
+
+
+def _scan_tcp4_line(data: bytes) -> tuple[ProxyHeader, int] | None:
+    """:func:`parse_v1` of a complete TCP4 line that the strict grammar accepts; None for anything else.
+
+    Exactly what ``_TCP4_LINE`` matches, with both ports at most 65535: the
+    same header, field for field. Anything else (a line still arriving, a
+    port out of range, any defect) is None, for the regex path to judge and
+    explain.
+    """
+    size = len(data)
+    if size < _TCP4_MIN_LENGTH or not data.startswith(_TCP4_PREFIX):
+        return None
+    source_start = len(_TCP4_PREFIX)
+    source_end = _ipv4_end(data, source_start, size)
+    if source_end < 0 or source_end >= size or data[source_end] != _SPACE:
+        return None
+    destination_start = source_end + 1
+    destination_end = _ipv4_end(data, destination_start, size)
+    if destination_end < 0 or destination_end >= size or data[destination_end] != _SPACE:
+        return None
+    source_port_start = destination_end + 1
+    source_port_end = _digits_end(data, source_port_start, size)
+    source_port = _decimal(data, source_port_start, source_port_end, 0xFFFF)
+    if source_port < 0 or source_port_end >= size or data[source_port_end] != _SPACE:
+        return None
+    destination_port_start = source_port_end + 1
+    destination_port_end = _digits_end(data, destination_port_start, size)
+    destination_port = _decimal(data, destination_port_start, destination_port_end, 0xFFFF)
+    length = destination_port_end + 2
+    if (
+        destination_port < 0
+        or length > size
+        or data[destination_port_end] != _CR
+        or data[destination_port_end + 1] != _LF
+    ):
+        return None
+    # Only ASCII digits and dots: decode() is exact.
+    source = (data[source_start:source_end].decode("ascii"), source_port)
+    destination = (data[destination_start:destination_end].decode("ascii"), destination_port)
+    return new_header(1, _PROXY, _AF_INET, _SOCK_STREAM, source, destination, (), data[:length]), length
+
+
+def _ipv4_end(data: bytes, position: int, size: int) -> int:
+    """Where a dotted quad that starts at ``position`` ends (each octet 0-255, no leading zero); -1 if none does."""
+    for octet in range(4):
+        if octet:
+            if position >= size or data[position] != _DOT:
+                return -1
+            position += 1
+        end = _digits_end(data, position, size)
+        if _decimal(data, position, end, 255) < 0:
+            return -1
+        position = end
+    return position
+
+
+def _digits_end(data: bytes, position: int, size: int) -> int:
+    """The index of the first byte at or after ``position`` that is not an ASCII digit (or ``size``)."""
+    while position < size and _ZERO <= data[position] <= _NINE:
+        position += 1
+    return position
+
+
+def _decimal(data: bytes, start: int, end: int, maximum: int) -> int:
+    """The value of the digits ``data[start:end]``; -1 if there are none, more than five, a leading zero, or it is over ``maximum``."""
+    digits = end - start
+    if digits < 1 or digits > 5 or digits > 1 and data[start] == _ZERO:
+        return -1
+    value = 0
+    for position in range(start, end):
+        value = value * 10 + data[position] - _ZERO
+    return value if value <= maximum else -1
 
 
 def _parse_other_line(data: bytes) -> tuple[ProxyHeader | None, int]:
@@ -199,3 +297,8 @@ def _check_prefix(partial: bytes) -> None:
                 raise InvalidHeader(Reason.BAD_HDR, f"v1 address is malformed: {_show(value)}")
         elif not _PORT_PREFIX.fullmatch(value) or value and int(value) > 0xFFFF:
             raise InvalidHeader(Reason.BAD_HDR, f"v1 port is malformed: {_show(value)}")
+
+
+from ._accel import import_c_accel  # noqa: E402 - last: it may replace every name above
+
+import_c_accel(globals(), "gevent_proxyproto._gevent_c_v1")

@@ -38,7 +38,7 @@ ACCELERATED = {
     path.stem: match.group(1) for path in sorted(PACKAGE.glob("*.py")) if (match := _ACCEL_LINE.search(path.read_text()))
 }
 #: The order they import one another in: each is loaded after those it imports.
-LOAD_ORDER = ("_tlvs", "_v2", "_parser")
+LOAD_ORDER = ("_tlvs", "_v2", "_v1", "_parser")
 
 
 def running_name(module: str) -> str:

@@ -820,6 +820,40 @@ def test_v1_partial_line_shortcut_decides_as_the_field_by_field_checks(line: byt
         ), prefix
 
 
+def _tcp4_line_by_the_regex(data: bytes) -> tuple[Any, ...] | None:
+    """What the scan must return, from the pure build's pattern: the fields of a strict TCP4 line, or None."""
+    match = _v1._TCP4_LINE.match(data)
+    if match is None or int(match.group(3)) > 0xFFFF or int(match.group(4)) > 0xFFFF:
+        return None
+    source, destination, source_port, destination_port = match.groups()
+    return (source.decode(), int(source_port)), (destination.decode(), int(destination_port)), match.end()
+
+
+@given(st.one_of(wire.tcp4_like_lines, wire.mutated_headers(), wire.v1_like_lines))
+@example(b"PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n")
+@example(b"PROXY TCP4 0.0.0.0 0.0.0.0 0 0\r\n")
+@example(b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 1\r\n")
+@example(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n")
+@example(b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n")
+@example(b"PROXY TCP4 1.2.3.04 5.6.7.8 1 2\r\n")
+@example(b"PROXY TCP4 1.2.3.256 5.6.7.8 1 2\r\n")
+@example(b"PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n")
+@example(b"PROXY TCP4 1.2.3.4.5 5.6.7.8 1 2\r\n")
+@example(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r")
+def test_v1_tcp4_scan_accepts_exactly_what_the_pattern_accepts(line: bytes) -> None:
+    """The compiled build's TCP4 scan (tested here in whichever build runs) against the regex it stands in for."""
+    expected = _tcp4_line_by_the_regex(line)
+    scanned = _v1._scan_tcp4_line(line)
+    if expected is None:
+        assert scanned is None, line
+        return
+    assert scanned is not None, line
+    header, length = scanned
+    assert (header.source, header.destination, length) == expected
+    assert (header.version, header.command, header.family, header.protocol) == (1, PROXY_CMD, AF_INET, STREAM)
+    assert header.tlvs == () and header.raw == line[:length]
+
+
 def test_v1_partial_line_shortcut_takes_the_common_prefixes() -> None:
     """The shortcut matches the prefixes a trickling client sends (else it would save nothing)."""
     longest = b"PROXY TCP6 " + b" ".join([b"ffff:" * 7 + b"ffff"] * 2) + b" 65535 65535"

@@ -270,8 +270,30 @@ v1_like_lines = st.builds(
     st.sampled_from([b" ", b" ", b"  ", b"\t"]),
     st.sampled_from([b"\r\n", b"", b"\r", b"\n", b" \r\n", b"\r\r\n"]),
 )
+#: One field of a TCP4 line: valid octets and ports with the edges the grammar draws (leading
+#: zeros, 255/256, 65535/65536, six digits) and a few bytes that are neither.
+_decimal_texts = st.one_of(
+    st.integers(0, 70000).map(lambda number: str(number).encode()),
+    st.sampled_from([b"0", b"00", b"01", b"255", b"256", b"999", b"65535", b"65536", b"099999", b"100000", b""]),
+    st.text("0123456789.+-x ", max_size=4).map(str.encode),
+)
+_dotted_texts = st.lists(_decimal_texts, min_size=1, max_size=5).map(b".".join)
+#: TCP4 lines, valid and nearly valid, complete or cut short, sometimes with bytes after them.
+tcp4_like_lines = st.builds(
+    lambda source, destination, source_port, destination_port, separator, end, after: (
+        b"PROXY TCP4 " + separator.join([source, destination, source_port, destination_port]) + end + after
+    ),
+    st.one_of(ipv4_hosts.map(str.encode), _dotted_texts),
+    st.one_of(ipv4_hosts.map(str.encode), _dotted_texts),
+    st.one_of(ports.map(lambda port: str(port).encode()), _decimal_texts),
+    st.one_of(ports.map(lambda port: str(port).encode()), _decimal_texts),
+    st.sampled_from([b" ", b" ", b" ", b"  ", b"\t"]),
+    st.sampled_from([b"\r\n", b"\r\n", b"", b"\r", b"\n", b"\n\r", b" \r\n"]),
+    st.sampled_from([b"", b"GET / HTTP/1.1\r\n", b"\r\n"]),
+)
 arbitrary_bytes = st.one_of(
     v1_like_lines,
+    tcp4_like_lines,
     st.binary(max_size=300),
     st.tuples(st.sampled_from(_DEEP_STARTS), st.binary(max_size=300)).map(lambda parts: parts[0] + parts[1]),
     st.tuples(st.sampled_from(_DEEP_STARTS[1:5]), st.text(_V1_ALPHABET, max_size=110)).map(
