@@ -17,7 +17,13 @@ connection path moves it. A count does not move with the machine's load
 one Python call per connection shows. What it does not see: the kernel's time
 (the system calls, about half of a minimal connection's CPU), and cache misses
 (code that runs cold costs more per instruction). The ratio here is therefore
-the user-space share of the story; ``bench/connections.py`` tells the rest.
+the user-space share of the story; ``bench/connections.py`` tells the rest,
+and has the last word: fewer instructions are not always less time. Compiling
+``_socket`` and ``_server`` with Cython cut ~4,400 instructions per connection
+here, and made connections slower there (0.82-0.84 of plain against 0.85-0.88
+interpreted, two runs of 41 rounds), probably because the interpreter's
+specialised bytecode does some of the same work in fewer cycles than the
+generic calls of compiled code, and those modules add ~400 KB of cold code.
 
 Configurations: ``plain`` (gevent's ``StreamServer``), ``v1`` and ``v2``
 (``ProxyStreamServer``, the headers of ``bench/connections.py``), and with
