@@ -17,8 +17,10 @@ VERSION = re.search(
 #: and a C compiler are present, in gevent's manner: gevent_proxyproto/_v2.py
 #: becomes the extension gevent_proxyproto._gevent_c_v2, typed by the
 #: declarations of gevent_proxyproto/_gevent_c_v2.pxd, and the pure module adopts
-#: it at import (gevent_proxyproto/_accel.py). Only what bench/parse.py or
-#: bench/instructions.py shows gains (_v1: its TCP4 scan). Never a module that uses gevent.
+#: it at import (gevent_proxyproto/_accel.py). Only what bench/parse.py and
+#: bench/connections.py show gains (_v1: its TCP4 scan). Never a module that uses
+#: gevent: compiled, _socket and _server ran fewer instructions but served fewer
+#: connections per second (BENCHMARKS.md, the instructions section).
 ACCELERATED = ("_tlvs", "_v2", "_v1", "_parser")
 
 

@@ -100,11 +100,11 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader |
 # -- the compiled build's TCP4 line ------------------------------------------------------------------
 #
 # Compiled by Cython (setup.py, _accel.py), this module scans a TCP4 line byte
-# by byte in C, with the types of _gevent_c_v1.pxd: a few hundred instructions,
-# where the regular expression above costs thousands (its engine, its match
-# object and groups, int() of texts). In pure Python such a loop is slower
-# than the regex, which stays the pure build's way, and the only way for
-# anything the scan does not accept. tests/test_v1.py holds the scan to the
+# by byte in C, with the types of _gevent_c_v1.pxd: ~1,600 instructions, where
+# the regular expression above costs ~10,000 more (its engine, its match object
+# and groups, int() of texts, the interpreter). In pure Python such a loop is
+# slower than the regex, which stays the pure build's way, and the only way for
+# anything the scan does not accept. tests/test_parser.py holds the scan to the
 # regex's verdicts; tests/test_accel.py, the compiled parse() to the pure one's.
 
 #: True in the compiled build of this module: the module's own name says which runs.
