@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,13 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True)
 settings.register_profile("long", max_examples=20_000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Servers the tests start stop on SIGINT, as on Ctrl-C. A shell's background job
+# (`pytest ... &`) starts with SIGINT ignored, and a child inherits that across exec:
+# those servers would ignore it and be killed after STOP_TIMEOUT. A handled signal
+# is reset to its default in a child, so handle it here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def load_vectors() -> list[dict[str, Any]]:
