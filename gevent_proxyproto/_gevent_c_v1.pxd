@@ -10,7 +10,7 @@ cdef Py_ssize_t _TCP4_MIN_LENGTH
 @cython.locals(size=Py_ssize_t, source_start=Py_ssize_t, source_end=Py_ssize_t, destination_start=Py_ssize_t,
                destination_end=Py_ssize_t, source_port_start=Py_ssize_t, source_port_end=Py_ssize_t,
                destination_port_start=Py_ssize_t, destination_port_end=Py_ssize_t, source_port=long,
-               destination_port=long, length=Py_ssize_t)
+               destination_port=long, length=Py_ssize_t, octets="const unsigned char*")
 cpdef tuple _scan_tcp4_line(bytes data)
 
 @cython.locals(octet=int, end=Py_ssize_t)

@@ -4,8 +4,10 @@
 cimport cython
 
 # texts: the address memo known as a dict, so .get() makes no bound method.
-@cython.locals(available=Py_ssize_t, body_length=Py_ssize_t, length=Py_ssize_t, block_size=Py_ssize_t,
-               address_size=Py_ssize_t, ports=Py_ssize_t, header=bytes, preamble=tuple, texts=dict)
+# octets: a pointer into data, whose slices are PyBytes_FromStringAndSize() calls.
+@cython.locals(octets="const unsigned char*", available=Py_ssize_t, body_length=Py_ssize_t, length=Py_ssize_t,
+               block_size=Py_ssize_t, address_size=Py_ssize_t, ports=Py_ssize_t, header=bytes, preamble=tuple,
+               texts=dict)
 cpdef tuple parse_v2(bytes data, object max_length=*)
 
 cpdef str _address_text(object family, bytes packed)

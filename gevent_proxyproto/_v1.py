@@ -156,7 +156,8 @@ def _scan_tcp4_line(data: bytes) -> tuple[ProxyHeader, int] | None:
     # Only ASCII digits and dots: decode() is exact.
     source = (data[source_start:source_end].decode("ascii"), source_port)
     destination = (data[destination_start:destination_end].decode("ascii"), destination_port)
-    return new_header(1, _PROXY, _AF_INET, _SOCK_STREAM, source, destination, (), data[:length]), length
+    octets = data  # a C pointer into data (_gevent_c_v1.pxd): the line is copied out without a slice object
+    return new_header(1, _PROXY, _AF_INET, _SOCK_STREAM, source, destination, (), octets[:length]), length
 
 
 def _ipv4_end(data: bytes, position: int, size: int) -> int:

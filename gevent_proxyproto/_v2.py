@@ -68,12 +68,17 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader 
     if available < V2_PREAMBLE_LENGTH:
         _check_preamble_prefix(data)
         return None, V2_PREAMBLE_LENGTH - available
-    preamble = _PREAMBLES.get(data[:14])
+    # The same bytes under a second name. In the compiled build it is a C
+    # pointer into them (_gevent_c_v2.pxd): its slices are made straight from
+    # the buffer, without the slice object and checks a slice of ``data``
+    # costs. Sliced only within bounds checked here (``available``, ``length``).
+    octets = data
+    preamble = _PREAMBLES.get(octets[:14])
     if preamble is None:
         _check_preamble_prefix(data[:14])  # raises, naming the first bad field
         raise AssertionError("unreachable")  # pragma: no cover
     command, family, protocol, block_size, address_size = preamble
-    body_length = data[14] << 8 | data[15]
+    body_length = octets[14] << 8 | octets[15]
     if command is _PROXY and body_length < block_size:
         raise InvalidHeader(
             Reason.BAD_HDR, f"v2 length {body_length} is shorter than the {family.name} address block ({block_size})"
@@ -83,7 +88,7 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader 
         raise InvalidHeader(Reason.BAD_HDR, f"header over {max_length} bytes ({length})")
     if available < length:
         return None, length - available
-    header = data if available == length else data[:length]  # parse() hands us bytes
+    header = data if available == length else octets[:length]  # parse() hands us bytes
 
     if command is _LOCAL:
         # Addresses are ignored; TLVs sit at byte 16 (HAProxy, AWS NLB) or
@@ -99,10 +104,10 @@ def parse_v2(data: bytes, max_length: int = V2_MAX_LENGTH) -> tuple[ProxyHeader 
     tlvs = () if length == V2_PREAMBLE_LENGTH + block_size else _checked_tlvs(header, V2_PREAMBLE_LENGTH + block_size)
     if address_size:  # INET or INET6: two addresses, then two ports, in network byte order
         ports = V2_PREAMBLE_LENGTH + 2 * address_size
-        source_ip = header[V2_PREAMBLE_LENGTH : V2_PREAMBLE_LENGTH + address_size]
-        destination_ip = header[V2_PREAMBLE_LENGTH + address_size : ports]
-        source_port = header[ports] << 8 | header[ports + 1]
-        destination_port = header[ports + 2] << 8 | header[ports + 3]
+        source_ip = octets[V2_PREAMBLE_LENGTH : V2_PREAMBLE_LENGTH + address_size]
+        destination_ip = octets[V2_PREAMBLE_LENGTH + address_size : ports]
+        source_port = octets[ports] << 8 | octets[ports + 1]
+        destination_port = octets[ports + 2] << 8 | octets[ports + 3]
         texts = _address_texts  # a dict in the compiled build's types (_gevent_c_v2.pxd)
         source_host = texts.get(source_ip) or _address_text(family, source_ip)
         destination_host = texts.get(destination_ip) or _address_text(family, destination_ip)
