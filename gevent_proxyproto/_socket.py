@@ -431,7 +431,15 @@ def is_health_check(header: ProxyHeader | None, real_peer: Any) -> bool:
         return False
     if header.command is _LOCAL:
         return True
-    return isinstance(header.source, tuple) and isinstance(real_peer, tuple) and header.source == real_peer[:2]
+    source = header.source
+    # source == real_peer[:2], ports first: they differ on almost every client's
+    # connection, so no tuple is made and the hosts are rarely compared.
+    return (
+        isinstance(source, tuple)
+        and isinstance(real_peer, tuple)
+        and source[1] == real_peer[1]
+        and source[0] == real_peer[0]
+    )
 
 
 #: Seconds a health check's connection is watched, after its header, for the
