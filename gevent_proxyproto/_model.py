@@ -18,7 +18,6 @@ from ._wire import CRC32C_SIZE, SSL_FIXED_SIZE
 Address = tuple[str, int] | str | bytes
 
 
-
 class Command(enum.IntEnum):
     """The v2 command nibble (SPEC.md section 3, byte 12). v1 is always PROXY."""
 
@@ -296,4 +295,3 @@ def new_header(
     header.raw = raw
     header.__class__ = ProxyHeader  # _UnfrozenHeader's own __setattr__: allowed
     return header  # type: ignore[no-any-return]
-
