@@ -220,7 +220,11 @@ class RefusalLog:
         self._report_held_back()
 
     def _report_held_back(self) -> None:
-        self._report_timer = None
+        timer, self._report_timer = self._report_timer, None
+        if timer is not None:
+            # It has fired. Closed, not just dropped: libuv's loop frees the
+            # memory of a watcher dropped unclosed while it still links it.
+            timer.close()
         held_back, self._held_back = self._held_back, Counter()
         for reason, count in sorted(held_back.items()):
             self._report(reason, count)

@@ -9,6 +9,7 @@ slow clients instead of a thousand. The reader under any chunking is tested in
 import gc
 import logging
 import socket
+import sys
 
 import gevent
 import gevent.event
@@ -18,6 +19,8 @@ import pytest
 
 import gevent_proxyproto as gpp
 
+from .children import children
+from .conftest import REPO
 from .support import (
     V1_TCP4,
     V2_TCP4,
@@ -95,6 +98,23 @@ def test_close_in_the_middle_of_a_header_counts_as_abort() -> None:
             pass  # 20 of 28 bytes, then FIN
         wait_until(lambda: sum(server.failures.values()) == 1)
         assert server.failures == {gpp.Reason.ABORT: 1}
+
+
+def test_refusal_reports_close_their_timers_under_the_libuv_loop() -> None:
+    """The report timer of held-back refusal lines is closed once it fired, not dropped.
+
+    Under ``GEVENT_LOOP=libuv``, a watcher dropped unclosed is memory freed
+    while the loop still links it: the process crashed later, elsewhere (at
+    an SSLContext's lock, in the TLS tests). gevent's debug level reports
+    each such watcher; the child counts them.
+    """
+    with children() as start:
+        child = start(
+            [sys.executable, str(REPO / "tests" / "libuv_refusals.py")],
+            env={"GEVENT_LOOP": "libuv", "GEVENT_DEBUG": "debug"},
+        )
+        status = child.wait_exit(timeout=60)
+        assert (status, child.output.splitlines()[-1:]) == (0, ["refused 100, unclosed watchers 0"]), child.output
 
 
 def test_slow_and_silent_clients_are_closed_at_header_timeout_while_good_ones_are_served() -> None:
