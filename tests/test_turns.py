@@ -42,7 +42,7 @@ class IterationCounter:
         self.current += 1
 
     def close(self) -> None:
-        self._check.stop()
+        self._check.close()  # not only stop(): libuv frees an unclosed watcher it still links
         self._next_iteration()
 
 
