@@ -442,8 +442,13 @@ def _run_worker(dispatcher: Dispatcher, death_fd: int, ready_fd: int) -> None:
 
 
 def _cancel(item: Any) -> None:
-    """Stop a signal handler or a watcher (both spellings)."""
-    (item.cancel if hasattr(item, "cancel") else item.stop)()
+    """Stop a signal handler or a watcher for good.
+
+    A watcher is closed, not only stopped: libuv's loop frees the memory of
+    a watcher dropped unclosed while it still links it (gevent's own
+    ``signal.cancel()`` closes its watcher for the same reason).
+    """
+    (item.cancel if hasattr(item, "cancel") else item.close)()
 
 
 def _terminate(pid: int) -> None:
