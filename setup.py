@@ -81,7 +81,9 @@ setup(
     ],
     entry_points={"console_scripts": ["gevent-proxyproto = gevent_proxyproto.__main__:main"]},
     extras_require={
-        "test": ["pytest>=7", "mock>=5", "hypothesis>=6.80", "gunicorn>=24.1"],
+        # cffi: gevent's libuv loop (GEVENT_LOOP=libuv), under which tests/test_robustness.py
+        # runs a server; gevent does not require it.
+        "test": ["pytest>=7", "mock>=5", "hypothesis>=6.80", "gunicorn>=24.1", "cffi>=1.17"],
         # gevent_proxyproto.gunicorn: the gunicorn workers.
         "gunicorn": ["gunicorn>=24.1"],
         # Kept for installs that name it; crc32c is now a default dependency.
