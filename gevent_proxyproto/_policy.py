@@ -213,17 +213,15 @@ class RefusalLog:
         Else the timer would outlive its server and write its line into
         whatever the process does next.
         """
-        timer, self._report_timer = self._report_timer, None
-        if timer is not None:
-            timer.stop()
-            timer.close()
         self._report_held_back()
 
     def _report_held_back(self) -> None:
+        """The timer's callback, and :meth:`close`: report now, and be done with the timer."""
         timer, self._report_timer = self._report_timer, None
         if timer is not None:
-            # It has fired. Closed, not just dropped: libuv's loop frees the
-            # memory of a watcher dropped unclosed while it still links it.
+            # Closed (which stops it, if it has not fired), not just dropped:
+            # libuv's loop frees the memory of a watcher dropped unclosed
+            # while it still links it.
             timer.close()
         held_back, self._held_back = self._held_back, Counter()
         for reason, count in sorted(held_back.items()):
