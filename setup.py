@@ -22,6 +22,8 @@ VERSION = re.search(
 #: gevent: compiled, _socket and _server ran fewer instructions but served fewer
 #: connections per second (BENCHMARKS.md, the instructions section).
 ACCELERATED = ("_tlvs", "_v2", "_v1", "_parser")
+#: Declarations with no module of their own, cimported by those of the modules above.
+SHARED_DECLARATIONS = HERE / "gevent_proxyproto" / "_c_header.pxd"
 
 
 def accelerator_extensions() -> list[Extension]:
@@ -40,7 +42,8 @@ def accelerator_extensions() -> list[Extension]:
             Extension(
                 f"gevent_proxyproto._gevent_c{name}",
                 [f"gevent_proxyproto/{name}.py"],
-                depends=[str(declarations.relative_to(HERE))] if declarations.exists() else [],
+                # Its declarations, and those every one may cimport (_c_header.pxd).
+                depends=[str(path.relative_to(HERE)) for path in (declarations, SHARED_DECLARATIONS) if path.exists()],
             )
         )
     # The types are the .pxd files' business: the .py annotations are mypy's.

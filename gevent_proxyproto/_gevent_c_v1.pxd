@@ -3,6 +3,9 @@
 # values over exact bytes. bench/instructions.py measures it.
 cimport cython
 
+# new_header(): ProxyHeader built in C (_c_header.pxd), not the Python function of _model.
+from gevent_proxyproto._c_header cimport new_header
+
 cdef bint _COMPILED
 cdef unsigned char _SPACE, _DOT, _ZERO, _NINE, _CR, _LF
 cdef Py_ssize_t _TCP4_MIN_LENGTH

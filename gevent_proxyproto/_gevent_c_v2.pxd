@@ -3,6 +3,9 @@
 # bytes: byte reads, comparisons and slices then run in C. bench/parse.py measures them.
 cimport cython
 
+# new_header(): ProxyHeader built in C (_c_header.pxd), not the Python function of _model.
+from gevent_proxyproto._c_header cimport new_header
+
 # texts: the address memo known as a dict, so .get() makes no bound method.
 # octets: a pointer into data, whose slices are PyBytes_FromStringAndSize() calls.
 @cython.locals(octets="const unsigned char*", available=Py_ssize_t, body_length=Py_ssize_t, length=Py_ssize_t,

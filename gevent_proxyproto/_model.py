@@ -7,6 +7,7 @@ results.
 
 import enum
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -268,7 +269,8 @@ class ProxyHeader:
 # sets each field through object.__setattr__ (about 1 us for eight). A plain
 # class with the same slots takes eight ordinary attribute stores, the cheapest
 # there are; the object then becomes a ProxyHeader, whose memory layout is the
-# same (CPython checks that on the __class__ assignment).
+# same (CPython checks that on the __class__ assignment). The compiled parsers
+# build it in C instead (_c_header.pxd).
 class _UnfrozenHeader:
     __slots__ = ProxyHeader.__slots__  # the same names in the same order: the same layout
 
@@ -295,3 +297,20 @@ def new_header(
     header.raw = raw
     header.__class__ = ProxyHeader  # _UnfrozenHeader's own __setattr__: allowed
     return header  # type: ignore[no-any-return]
+
+
+#: :func:`new_header`'s type, for the parse modules: they bind the name without
+#: importing it, so that their compiled builds can declare it as C (_c_header.pxd).
+NewHeader = Callable[
+    [
+        int,
+        Command,
+        socket.AddressFamily,
+        socket.SocketKind | None,
+        Address | None,
+        Address | None,
+        tuple[TLV, ...],
+        bytes | None,
+    ],
+    ProxyHeader,
+]

@@ -10,9 +10,16 @@ bytes. Validation is by compiled patterns and explicit checks, never
 import re
 import socket
 
+from . import _model
 from ._errors import InvalidHeader, Reason
-from ._model import Command, ProxyHeader, new_header
+from ._model import Command, ProxyHeader
 from ._wire import V1_MAX_LENGTH, V1_MIN_LENGTH, V1_SIGNATURE
+
+#: ProxyHeader(...) with its raw set. Bound, not imported: the compiled build
+#: declares this name as the C constructor of _c_header.pxd, and Cython refuses
+#: an import into a declared name.
+new_header: _model.NewHeader
+globals()["new_header"] = _model.new_header
 
 _OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # Unrolled: a repeated group costs the regex engine more than four copies.

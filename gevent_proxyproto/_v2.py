@@ -7,9 +7,10 @@ rest exactly.
 
 import socket
 
+from . import _model
 from ._crc32c import crc32c
 from ._errors import InvalidHeader, Reason
-from ._model import Address, Command, ProxyHeader, TLVType, new_header
+from ._model import Address, Command, ProxyHeader, TLVType
 from ._tlvs import TLV, split_tlvs, tlvs_frame
 from ._wire import (
     AUTHORITY_MAX,
@@ -24,6 +25,12 @@ from ._wire import (
     V2_TRANSPORTS,
     V2_VERSION,
 )
+
+#: ProxyHeader(...) with its raw set. Bound, not imported: the compiled build
+#: declares this name as the C constructor of _c_header.pxd, and Cython refuses
+#: an import into a declared name.
+new_header: _model.NewHeader
+globals()["new_header"] = _model.new_header
 
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6

@@ -104,9 +104,56 @@ def test_the_build_in_use() -> None:
         assert built is not None
         if os.path.dirname(built) != str(PACKAGE):
             continue  # an installed build, not this checkout's: its sources are not these
-        sources = [PACKAGE / f"{module}.py", PACKAGE / f"{compiled}.pxd"]
+        declarations = PACKAGE / f"{compiled}.pxd"
+        sources = [PACKAGE / f"{module}.py", declarations, *cimported_declarations(declarations)]
         newer = [source.name for source in sources if source.exists() and source.stat().st_mtime > os.stat(built).st_mtime]
         assert not newer, f"{os.path.basename(built)} is older than {newer}: python setup.py build_ext --inplace"
+
+
+def cimported_declarations(declarations: Any) -> list[Any]:
+    """The package's .pxd files that ``declarations`` cimports (``_c_header.pxd``): sources of the build too."""
+    if not declarations.exists():
+        return []
+    names = re.findall(r"^from gevent_proxyproto\.(\w+) cimport", declarations.read_text(), re.M)
+    return [PACKAGE / f"{name}.pxd" for name in names]
+
+
+def test_the_compiled_header_constructor_refuses_a_changed_proxy_header() -> None:
+    # _c_header.pxd stores ProxyHeader's eight fields in C. A ninth field,
+    # added in _model.py without a rebuild, would be left unset: the first
+    # header parsed says so instead. (A fresh process: it checks on first use.)
+    require_compiled_build()
+    code = textwrap.dedent(
+        """
+        import dataclasses
+        import gevent_proxyproto as gpp
+        from gevent_proxyproto import _model
+
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class WiderHeader:
+            version: int
+            command: object
+            family: object
+            protocol: object
+            source: object
+            destination: object
+            tlvs: tuple = ()
+            raw: object = None
+            extra: object = None
+
+        _model.ProxyHeader = WiderHeader
+        for header in (gpp.build_v2(source=("1.2.3.4", 1), destination=("5.6.7.8", 2)), b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\\r\\n"):
+            try:
+                gpp.parse(header)
+            except RuntimeError as error:
+                print(error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "gevent_proxyproto: ProxyHeader has 9 slots, the compiled parser stores 8: rebuild it"
+    ] * 2
 
 
 def test_a_compiled_module_that_fails_to_import_is_an_error() -> None:
