@@ -28,6 +28,10 @@ from ._policy import ProxyPolicy, RefusalLog, describe_peer, log, policy_from_ke
 from ._socket import ProxySocket, health_check_ended, is_health_check, new_connection
 
 _monotonic = time.monotonic
+# The function, not the bound method: a gevent socket's attributes, its methods
+# too, are looked up through its __getattr__ hook (~600 instructions for a
+# method). The connection is always a ProxySocket (new_connection()).
+_handshake = ProxySocket.handshake
 
 
 def _wrap_with_ssl_args(sock: Any, **ssl_args: Any) -> Any:
@@ -200,7 +204,7 @@ def _handshake_and_handle(server: ProxyServer, handle: Any, client: ProxySocket,
     policy = server.policy
     deadline = _monotonic() + policy.header_timeout
     try:
-        header = client.handshake(real_peer, policy, deadline)
+        header = _handshake(client, real_peer, policy, deadline)
     except ProxyProtocolError as error:
         server.failures[error.reason] += 1
         server.refusals.refused(error.reason.value, error.message, real_peer)

@@ -68,7 +68,7 @@ def read_header(
     """Read one PROXY header from a connected gevent socket, and nothing more.
 
     Args:
-        sock: a gevent socket; its timeout is restored afterwards.
+        sock: a gevent socket; its timeout is as it was afterwards.
         deadline: ``time.monotonic()`` value by which the whole header must
             have arrived.
         max_header_size: refuse larger headers.
@@ -81,18 +81,35 @@ def read_header(
         InvalidHeader, HeaderTimeout, ConnectionClosed.
     """
     received = b""  # consumed: header bytes
-    peeked = b""  # seen but not consumed yet
+    peeked: bytes | None = b""  # seen but not consumed yet
     drained = False  # the last recv emptied the kernel's buffer
-    saved_timeout = sock.timeout
+    # Each attribute of a gevent socket is looked up through its __getattr__
+    # hook (~350 instructions, unspecialised): the kernel socket once.
+    kernel_socket = sock._sock
     try:
-        peeked = _peek(sock, deadline, mid_header=False)
+        # The first look, as _peek() takes it, written out: a call less on
+        # every connection. Its wait is gevent's own (not a turn: no byte yet).
+        try:
+            peeked = kernel_socket.recv(_PEEK_SIZE, _MSG_PEEK)
+        except BlockingIOError:
+            peeked = None
+        if peeked is None:
+            peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline, mid_header=False)
+        if not peeked:
+            raise ConnectionClosed(Reason.EMPTY, "closed before sending any byte")
         while True:
             data = received + peeked
             # The size cap is checked by parse_prefix() from a v2 preamble, before the rest is parsed or read.
             header, length, exact = parse_prefix(data, allow_v4_in_tcp6, max_header_size)
             if header is not None:
-                if length > len(received):
-                    _recv_exactly(sock, length - len(received), deadline)  # peeked: already there
+                rest = length - len(received)
+                if rest:
+                    # Peeked, so in the kernel's buffer: one recv takes it all
+                    # (written out: a call less). Were it ever short,
+                    # _recv_exactly() would read the rest.
+                    chunk = kernel_socket.recv(rest)
+                    if len(chunk) < rest:
+                        _recv_exactly(sock, rest - len(chunk), deadline, look_first=False)
                 return header
             needed = length
             known = len(data) + needed
@@ -127,16 +144,10 @@ def read_header(
             drained = False  # the peek found bytes there
     except TimeoutError:
         raise HeaderTimeout() from None
-    except ConnectionClosed as closed:
-        if not (received or peeked) and closed.reason is Reason.ABORT:
-            raise ConnectionClosed(Reason.EMPTY, "closed before sending any byte") from None
-        raise
     except OSError as error:
         raise ConnectionClosed(
             Reason.ABORT if received or peeked else Reason.EMPTY, f"connection failed: {error.strerror or error}"
         ) from None
-    finally:
-        sock.timeout = saved_timeout
 
 
 def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float, mid_header: bool = True) -> bytes:
@@ -156,8 +167,12 @@ def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float, mid_header
     if mid_header:
         wait_readable(sock, remaining)
     else:
+        saved_timeout = sock.timeout
         sock.timeout = remaining
-        sock._wait(sock._read_event, HeaderTimeout)
+        try:
+            sock._wait(sock._read_event, HeaderTimeout)
+        finally:
+            sock.timeout = saved_timeout
     return sock._sock.recv(size, flags)  # type: ignore[no-any-return]
 
 
@@ -169,7 +184,7 @@ def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float, mid_header
 # the exception and its traceback alive for as long as the client takes.
 
 
-def _peek(sock: Any, deadline: float, mid_header: bool = True, look_first: bool = True) -> bytes:
+def _peek(sock: Any, deadline: float, look_first: bool = True) -> bytes:
     peeked: bytes | None = None
     if look_first:
         try:
@@ -177,7 +192,7 @@ def _peek(sock: Any, deadline: float, mid_header: bool = True, look_first: bool 
         except BlockingIOError:
             pass
     if peeked is None:
-        peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline, mid_header)
+        peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline)
     if not peeked:
         raise ConnectionClosed(Reason.ABORT, "closed in the middle of the header")
     return peeked

@@ -100,6 +100,33 @@ def test_a_header_in_one_segment_takes_two_recv_calls(header: bytes) -> None:
     assert sock.unread() == PAYLOAD
 
 
+def test_an_exact_read_that_comes_back_short_reads_the_rest() -> None:
+    # The reader takes a peeked header with one recv: the bytes are in the
+    # kernel's buffer. A kernel has never returned fewer; if one did, the rest
+    # is read as any other, and not a byte past the header.
+    client, connection = gevent.socket.socketpair()
+    with client, connection:
+        client.sendall(V2_TCP4 + PAYLOAD)
+        kernel_socket = connection._sock
+        reads: list[int] = []
+
+        def recv(size: int, flags: int = 0) -> bytes:
+            if flags:  # the peek
+                return kernel_socket.recv(size, flags)  # type: ignore[no-any-return]
+            reads.append(size)
+            return kernel_socket.recv(size // 2 if len(reads) == 1 else size)  # type: ignore[no-any-return]
+
+        # Set and restored by hand: mock.patch.object() deletes a slot on the
+        # way out, and the gevent socket's __getattr__ then recurses.
+        connection._sock = mock.Mock(wraps=kernel_socket, recv=recv)
+        try:
+            assert read_header(connection, time.monotonic() + 5) == gpp.parse(V2_TCP4)[0]
+        finally:
+            connection._sock = kernel_socket
+        assert reads == [len(V2_TCP4), len(V2_TCP4) - len(V2_TCP4) // 2]
+        assert connection.recv(1024) == PAYLOAD
+
+
 @pytest.mark.parametrize(
     ("header", "calls_per_byte", "extra_calls"),
     # v1: a look (where does the line end?) and a read per byte. v2: a read per
