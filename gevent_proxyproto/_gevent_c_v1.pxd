@@ -16,6 +16,12 @@ cdef Py_ssize_t _TCP4_MIN_LENGTH
                destination_port=long, length=Py_ssize_t, octets="const unsigned char*")
 cpdef tuple _scan_tcp4_line(bytes data)
 
+@cython.locals(size=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, field=int)
+cpdef bint _scan_tcp4_prefix(bytes data)
+
+@cython.locals(octet=int, end=Py_ssize_t)
+cdef Py_ssize_t _ipv4_prefix_end(bytes data, Py_ssize_t position, Py_ssize_t size)
+
 @cython.locals(octet=int, end=Py_ssize_t)
 cdef Py_ssize_t _ipv4_end(bytes data, Py_ssize_t position, Py_ssize_t size)
 
