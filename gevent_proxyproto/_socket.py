@@ -136,12 +136,20 @@ def read_header(
                 peeked = b""
                 if len(received) > len(data) or exact:
                     continue
-            # A lower bound, everything seen consumed and no verdict: wait for more, look.
+            # A lower bound (a v1 line), everything seen consumed and no verdict.
             # Not holding the bytes seen while waiting: as a rule the peek's
             # 512-byte buffer, shrunk, whose memory a new connection can reuse.
             del data
-            peeked = _peek(sock, deadline, look_first=not drained)
-            drained = False  # the peek found bytes there
+            if drained:
+                # The kernel had no more: wait, then take up to `needed` bytes,
+                # all header. A trickling client's byte costs one recv, not a
+                # look and a take; taking all `needed`, look at what follows.
+                chunk = _recv_some(sock, needed, deadline, look_first=False)
+                received += chunk
+                drained = len(chunk) < needed
+                del chunk
+                continue
+            peeked = _peek(sock, deadline)
     except TimeoutError:
         raise HeaderTimeout() from None
     except OSError as error:
@@ -184,13 +192,12 @@ def _wait_and_recv(sock: Any, size: int, flags: int, deadline: float, mid_header
 # the exception and its traceback alive for as long as the client takes.
 
 
-def _peek(sock: Any, deadline: float, look_first: bool = True) -> bytes:
+def _peek(sock: Any, deadline: float) -> bytes:
     peeked: bytes | None = None
-    if look_first:
-        try:
-            peeked = sock._sock.recv(_PEEK_SIZE, _MSG_PEEK)
-        except BlockingIOError:
-            pass
+    try:
+        peeked = sock._sock.recv(_PEEK_SIZE, _MSG_PEEK)
+    except BlockingIOError:
+        pass
     if peeked is None:
         peeked = _wait_and_recv(sock, _PEEK_SIZE, _MSG_PEEK, deadline)
     if not peeked:

@@ -129,9 +129,9 @@ def test_an_exact_read_that_comes_back_short_reads_the_rest() -> None:
 
 @pytest.mark.parametrize(
     ("header", "calls_per_byte", "extra_calls"),
-    # v1: a look (where does the line end?) and a read per byte. v2: a read per
-    # byte; past the preamble the reader knows the size and just reads it.
-    [(V1_TCP4, 2, 1), (V2_TCP4, 1, 3)],
+    # A read per byte. v1: the bytes up to the line's lower bound are header,
+    # read without a look. v2: past the preamble the reader knows the size.
+    [(V1_TCP4, 1, 2), (V2_TCP4, 1, 3)],
     ids=["v1", "v2"],
 )
 def test_a_header_one_byte_at_a_time_never_spins_and_stops_at_its_end(
@@ -142,8 +142,8 @@ def test_a_header_one_byte_at_a_time_never_spins_and_stops_at_its_end(
     assert sock.unread() == PAYLOAD
     # Bounded work per byte (ChunkedSocket fails on a spin), and no recv that
     # finds nothing once a read got fewer bytes than it asked for (the next
-    # look waits first). Extra: the first look, which finds nothing; for v2
-    # also the first peek (the version is not known before it) and a look
+    # read waits first). Extra: the first look, which finds nothing, and the
+    # first peek (the version is not known before it); for v2 also a look
     # after the preamble's last read, which got all it asked for.
     assert sock.calls <= calls_per_byte * len(header) + extra_calls
 
