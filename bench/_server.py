@@ -22,7 +22,9 @@ header first. Handlers:
   validating it, then ``reply``: the system calls of a PROXY server without
   its Python, a reference for what exact reads cost by themselves;
 * ``floor-parse``, ``floor-read-header`` (plain server only): the floor plus
-  ``parse()``, and ``read_header()`` alone: the library's pieces, one at a time.
+  ``parse()``, and ``read_header()`` alone: the library's pieces, one at a time;
+* ``preamble`` (plain server only): read 28 bytes within ``--header-timeout``,
+  then ``reply``: plain gevent against slow clients, for ``bench/slow_clients.py``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,27 @@ def floor(sock: Any, address: Any) -> None:
     reply(sock, address)
 
 
+#: The ``preamble`` handler's deadline (``--header-timeout``).
+header_timeout = 5.0
+
+
+def preamble(sock: Any, address: Any) -> None:
+    """Plain gevent reading a fixed 28-byte preamble (a v2 TCP4 header's size) by the deadline, then ``reply``.
+
+    What a server without the library does with trickling clients: a wait and
+    a ``recv`` per byte, every one of them as soon as it arrives, no validation.
+    ``bench/slow_clients.py --server plain`` compares it.
+    """
+    received = b""
+    with gevent.Timeout(header_timeout, False):
+        while len(received) < 28:
+            chunk = sock.recv(28 - len(received))
+            if not chunk:
+                return
+            received += chunk
+        reply(sock, address)
+
+
 #: gevent_proxyproto.parse and read_header, bound once the library's path is set (main).
 library: dict[str, Any] = {}
 
@@ -125,6 +148,7 @@ HANDLERS = {
     "floor": floor,
     "floor-parse": floor_parse,
     "floor-read-header": floor_read_header,
+    "preamble": preamble,
 }
 
 
@@ -213,8 +237,9 @@ def main() -> int:
         tracemalloc.start()
     gc.callbacks.append(_on_gc)
 
-    global work
+    global work, header_timeout
     work = args.work_us / 1e6
+    header_timeout = args.header_timeout
     handler = HANDLERS[args.handler]
     listener = ("127.0.0.1", 0)
     server: StreamServer

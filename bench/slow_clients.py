@@ -23,6 +23,13 @@ interleaved (baseline, attack, baseline, attack, ...):
   clients would. The attacker watches every bad connection (epoll) and
   records when the server closed it.
 
+The server runs on one CPU and the clients (this script's load and the
+attacker) on the others, as clients on other machines would: on a machine
+with 2 CPUs, sharing them, the attacker's 500 sends in one instant (with the
+receive work loopback does in the sender) and the load process take the
+CPUs the server needs, and the p99 measures the scheduler more than the
+server (BENCHMARKS.md). ``--shared-cpus`` leaves placement to the scheduler.
+
 Reported: the good clients' p50/p99 per phase and, per round, the ratio
 attack/baseline (goal: p99 within 2x); for the bad connections, how long the
 server took to close them, as a multiple of T (goal: closed at T: none
@@ -33,12 +40,15 @@ Reproduce (from the repository root)::
     python bench/slow_clients.py                # 7 rounds, 500 + 500 bad connections, T = 5 s
     python bench/slow_clients.py --quick        # 3 rounds, 200 + 200, T = 3 s
     python bench/slow_clients.py --json /tmp/slow_clients.json
+    python bench/slow_clients.py --shared-cpus  # server and clients on any CPU
+    python bench/slow_clients.py --server plain # the reference: plain gevent, no turns
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import select
 import socket
 import subprocess
@@ -196,6 +206,21 @@ def attack_phase(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def pin_cpus(server: Server) -> dict[str, list[int]] | None:
+    """The server on the first CPU this script may use, this script (and the attacker it starts) on the rest.
+
+    None where there is one CPU, or no ``sched_setaffinity`` (not Linux): nothing is pinned.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    os.sched_setaffinity(server.pid, cpus[:1])
+    os.sched_setaffinity(0, cpus[1:])
+    return {"server": cpus[:1], "clients": cpus[1:]}
+
+
 def main(argv: list[str] | None = None) -> int:
     options = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     options.add_argument("--quick", action="store_true", help="3 rounds, 200 + 200 bad connections, T = 3 s")
@@ -208,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     options.add_argument(
         "--groups", type=int, default=1,
         help="trickle in N groups spread over each 200 ms (default 1: every byte at once, the worst case)",
+    )  # fmt: skip
+    options.add_argument(
+        "--server", choices=("proxy", "plain"), default="proxy",
+        help="ProxyStreamServer (default), or plain gevent reading a 28-byte preamble by the deadline (a reference)",
+    )  # fmt: skip
+    options.add_argument(
+        "--shared-cpus", action="store_true",
+        help="let the scheduler place the server and the clients (default: the server on one CPU, the clients on the rest)",
     )  # fmt: skip
     options.add_argument("--json", metavar="FILE", help="write every round's numbers to FILE")
     options.add_argument("--attacker", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -222,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
 
     phases: dict[str, list[dict[str, Any]]] = {"baseline": [], "attack": []}
-    with Server("proxy", "reply", extra=["--backlog", "4096", "--header-timeout", str(args.header_timeout)]) as server:
+    kind, handler = ("proxy", "reply") if args.server == "proxy" else ("plain", "preamble")
+    extra = ["--backlog", "4096", "--header-timeout", str(args.header_timeout)]
+    with Server(kind, handler, extra=extra) as server:
+        cpus = None if args.shared_cpus else pin_cpus(server)
         good_phase(server, args.rate, 0.5)  # warm-up
         for round_index in range(rounds):
             order = ("baseline", "attack") if round_index % 2 == 0 else ("attack", "baseline")
@@ -244,13 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         "rate": args.rate,
         "duration": args.duration,
         "groups": args.groups,
+        "server": args.server,
+        "cpus": cpus or "shared",
         "phases": {},
         "server_failures": final["failures"],
     }
     print(
-        f"{rounds} rounds; good clients {args.rate:.0f}/s for {args.duration:.1f} s per phase; attack: "
+        f"{args.server} server, {rounds} rounds; good clients {args.rate:.0f}/s for {args.duration:.1f} s per phase; attack: "
         f"{args.trickle} trickling (1 byte / {TRICKLE_INTERVAL * 1e3:.0f} ms, in {args.groups} group(s)) + "
-        f"{args.silent} silent, T = {args.header_timeout:.1f} s"
+        f"{args.silent} silent, T = {args.header_timeout:.1f} s; "
+        + (f"server on CPU {cpus['server']}, clients on {cpus['clients']}" if cpus else "CPUs shared")
     )
     print(f"{'phase':<9} {'p50 ms':>26} {'p99 ms':>26} {'max ms':>26} {'served':>7} {'errors':>7}")
     for phase, runs in phases.items():
