@@ -142,8 +142,9 @@ def read_header(
             del data
             if drained:
                 # The kernel had no more: wait, then take up to `needed` bytes,
-                # all header. A trickling client's byte costs one recv, not a
-                # look and a take; taking all `needed`, look at what follows.
+                # all of them header (a v1 line needs its CRLF at least). A
+                # trickling client's byte costs one recv, not a look and a take.
+                # Took all `needed`? More may be there: the loop looks next.
                 chunk = _recv_some(sock, needed, deadline, look_first=False)
                 received += chunk
                 drained = len(chunk) < needed

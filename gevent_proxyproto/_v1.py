@@ -75,7 +75,9 @@ def parse_v1(data: bytes, allow_v4_in_tcp6: bool = False) -> tuple[ProxyHeader |
     Raises:
         InvalidHeader: the line can never be valid.
     """
-    if b"\r" not in data:  # no line end yet (a trickling client's bytes): no pattern can match
+    # No line end yet (a trickling client's bytes): no pattern can match. An int
+    # operand: `in` is one memchr (a bytes one costs ~10 times more).
+    if _CR not in data:
         return None, _unterminated(data)
     tcp6 = data[9:10] == b"6"  # "PROXY TCP6"
     if _COMPILED and not tcp6:  # the compiled build scans a TCP4 line in C (below); None: not one to take
